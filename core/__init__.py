@@ -1,0 +1,1 @@
+"""MetaRouter's platform-neutral core: routing, inventory, generation, storage."""

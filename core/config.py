@@ -1,0 +1,267 @@
+"""One typed settings object, built once at start-up and passed down.
+
+Precedence: defaults < TOML file named by METAROUTER_CONFIG < environment. Third-party variables keep
+their ecosystems' names (OPENAI_API_KEY, OLLAMA_HOST, DATABASE_URL, SLACK_*, DISCORD_*); every other
+setting is `METAROUTER_<NAME>` in the environment and `<name>` in the TOML file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from core.errors import ConfigError
+
+
+def _env(*names: str) -> Any:
+    """A field read from third-party variable names as well as its own (TOML) name."""
+    return AliasChoices(*names)
+
+
+class Price(BaseModel):
+    """USD per million tokens."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+
+
+# Public list prices per million tokens (openai.com/api/pricing, read 2026-11).
+DEFAULT_PRICES: dict[str, Price] = {
+    "gpt-4o-mini": Price(input=0.15, output=0.60),
+    "gpt-4o": Price(input=2.50, output=10.00),
+    "gpt-4.1-mini": Price(input=0.40, output=1.60),
+    "gpt-4.1-nano": Price(input=0.10, output=0.40),
+    "gpt-5-mini": Price(input=0.25, output=2.00),
+}
+
+DEFAULT_REACTIONS: dict[str, int] = {
+    "+1": 1,
+    "thumbsup": 1,
+    "👍": 1,
+    "heart": 1,
+    "❤️": 1,
+    "tada": 1,
+    "🎉": 1,
+    "star": 1,
+    "⭐": 1,
+    "-1": -1,
+    "thumbsdown": -1,
+    "👎": -1,
+    "confused": -1,
+    "😕": -1,
+}
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are MetaRouter, a helpful assistant in a team chat. Answer the latest user message, using "
+    "the earlier messages of the thread as context. Be accurate and concise; use Markdown, and put "
+    "code in fenced code blocks with a language tag."
+)
+
+
+def default_data_dir() -> Path:
+    return Path(os.path.expanduser("~/.local/share/metarouter"))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="METAROUTER_",
+        extra="forbid",
+        populate_by_name=True,
+        validate_default=True,
+    )
+
+    # --- meta-router (OpenAI-compatible) ---------------------------------------------------------
+    openai_api_key: SecretStr | None = Field(None, validation_alias=_env("openai_api_key", "OPENAI_API_KEY"))
+    openai_base_url: str | None = Field(None, validation_alias=_env("openai_base_url", "OPENAI_BASE_URL"))
+    meta_router_enabled: bool = True
+    meta_router_model: str = "gpt-4o-mini"
+    decision_timeout_s: float = Field(4.0, gt=0, le=120)
+    max_requests_per_hour: int = Field(100, ge=0)
+    # True: a 429 falls back to the local router at once. False: honour Retry-After within the
+    # decision timeout first.
+    fallback_on_rate_limit: bool = True
+    confidence_threshold: float = Field(0.7, ge=0, le=1)
+    monthly_budget_usd: float = Field(5.0, ge=0)
+    router_prices: dict[str, Price] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
+
+    # --- decision cache -------------------------------------------------------------------------
+    cache_decisions: bool = True
+    cache_duration_hours: float = Field(1.0, ge=0)
+    cache_max_entries: int = Field(2048, ge=1)
+
+    # --- local router ---------------------------------------------------------------------------
+    use_local_for_simple_queries: bool = True
+    # calibrated probability above which the local router decides without asking the meta-router
+    local_confidence_threshold: float = Field(0.9, ge=0, le=1)
+
+    # --- learning -------------------------------------------------------------------------------
+    track_success_rates: bool = True
+    improve_prompts: bool = True
+    user_feedback_integration: bool = True
+
+    # --- Ollama and generation --------------------------------------------------------------------
+    ollama_host: str = Field("http://127.0.0.1:11434", validation_alias=_env("ollama_host", "OLLAMA_HOST"))
+    ollama_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias=_env("ollama_hosts", "METAROUTER_OLLAMA_HOSTS")
+    )
+    auto_pull: bool = True
+    disk_budget_gb: float = Field(100.0, ge=0)
+    per_host_concurrency: int = Field(2, ge=1)
+    stream_idle_timeout_s: float = Field(120.0, gt=0)
+    pull_idle_timeout_s: float = Field(300.0, gt=0)
+    inventory_ttl_s: float = Field(15.0, ge=0)
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    default_context_tokens: int = Field(8192, ge=512)
+
+    # --- storage --------------------------------------------------------------------------------
+    database_url: str | None = Field(None, validation_alias=_env("database_url", "DATABASE_URL"))
+    data_dir: Path = Field(default_factory=default_data_dir)
+    store_question_text: bool = True
+
+    # --- platforms ------------------------------------------------------------------------------
+    slack_bot_token: SecretStr | None = Field(None, validation_alias=_env("slack_bot_token", "SLACK_BOT_TOKEN"))
+    slack_app_token: SecretStr | None = Field(None, validation_alias=_env("slack_app_token", "SLACK_APP_TOKEN"))
+    slack_signing_secret: SecretStr | None = Field(
+        None, validation_alias=_env("slack_signing_secret", "SLACK_SIGNING_SECRET")
+    )
+    slack_api_url: str = Field("https://slack.com/api/", validation_alias=_env("slack_api_url", "SLACK_API_URL"))
+    discord_bot_token: SecretStr | None = Field(
+        None, validation_alias=_env("discord_bot_token", "DISCORD_BOT_TOKEN")
+    )
+    discord_api_url: str = Field(
+        "https://discord.com/api/v10", validation_alias=_env("discord_api_url", "DISCORD_API_URL")
+    )
+    reactions: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_REACTIONS))
+
+    # --- HTTP endpoint ------------------------------------------------------------------------
+    http_port: int = Field(8080, ge=0, le=65535)
+    http_host: str = "127.0.0.1"
+
+    @field_validator("ollama_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [h.strip() for h in v.split(",") if h.strip()]
+        return v
+
+    @field_validator("ollama_host", "openai_base_url", "slack_api_url", "discord_api_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        v = v.strip()
+        if not v.startswith(("http://", "https://")):
+            if "://" in v:
+                raise ValueError("must be an http:// or https:// URL")
+            v = "http://" + v  # the ollama library accepts a bare host:port too
+        return v
+
+    @field_validator("ollama_hosts")
+    @classmethod
+    def _urls(cls, v: list[str]) -> list[str]:
+        return [cls._url(h) or "" for h in v]
+
+    @field_validator("reactions")
+    @classmethod
+    def _ratings(cls, v: dict[str, int]) -> dict[str, int]:
+        for name, rating in v.items():
+            if rating not in (-1, 1):
+                raise ValueError(f"rating of {name!r} must be 1 or -1")
+        return {k.strip(":"): r for k, r in v.items()}
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = os.environ.get("METAROUTER_CONFIG")
+        if path:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(path)))
+        return tuple(sources)
+
+    # --- derived ------------------------------------------------------------------------------
+    @property
+    def hosts(self) -> list[str]:
+        """Ollama base URLs without trailing slash; METAROUTER_OLLAMA_HOSTS overrides OLLAMA_HOST."""
+        hosts = self.ollama_hosts or [self.ollama_host]
+        return list(dict.fromkeys(h.rstrip("/") for h in hosts))
+
+    @property
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.data_dir / 'metarouter.db'}"
+
+    @property
+    def cache_ttl_s(self) -> float:
+        return self.cache_duration_hours * 3600.0
+
+    def price_for(self, model: str) -> Price | None:
+        if model in self.router_prices:
+            return self.router_prices[model]
+        # dated snapshots ("gpt-4o-mini-2024-07-18") cost what their family costs
+        for name in sorted(self.router_prices, key=len, reverse=True):
+            if model.startswith(name):
+                return self.router_prices[name]
+        return None
+
+
+# Names users see in messages: the variable they would set.
+_ENV_NAMES = {
+    "openai_api_key": "OPENAI_API_KEY",
+    "openai_base_url": "OPENAI_BASE_URL",
+    "ollama_host": "OLLAMA_HOST",
+    "ollama_hosts": "METAROUTER_OLLAMA_HOSTS",
+    "database_url": "DATABASE_URL",
+    "slack_bot_token": "SLACK_BOT_TOKEN",
+    "slack_app_token": "SLACK_APP_TOKEN",
+    "slack_signing_secret": "SLACK_SIGNING_SECRET",
+    "slack_api_url": "SLACK_API_URL",
+    "discord_bot_token": "DISCORD_BOT_TOKEN",
+    "discord_api_url": "DISCORD_API_URL",
+}
+
+
+def env_name(field: str) -> str:
+    return _ENV_NAMES.get(field, "METAROUTER_" + field.upper())
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings or raise ConfigError naming the first bad setting (never its value)."""
+    path = os.environ.get("METAROUTER_CONFIG")
+    if path and not Path(path).is_file():
+        raise ConfigError(f"METAROUTER_CONFIG: no such file: {path}")
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = [str(p) for p in err.get("loc", ())]
+        field = loc[0] if loc else "?"
+        if field.isupper():
+            field = field.lower()
+        detail = err.get("msg", "invalid value")
+        if err.get("type") == "extra_forbidden":
+            raise ConfigError(f"{'.'.join(loc)}: unknown setting in METAROUTER_CONFIG") from None
+        raise ConfigError(f"{env_name(field)} ({'.'.join(loc)}): {detail}") from None
+    except (OSError, ValueError) as exc:  # unreadable or malformed TOML
+        raise ConfigError(f"METAROUTER_CONFIG: {exc}") from None
+    if settings.database_url and not settings.database_url.startswith(
+        ("sqlite+aiosqlite://", "postgresql+asyncpg://", "postgresql://", "sqlite://")
+    ):
+        raise ConfigError("DATABASE_URL: use sqlite+aiosqlite:///PATH or postgresql+asyncpg://...")
+    return settings

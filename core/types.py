@@ -1,0 +1,135 @@
+"""The core's own vocabulary, shared by routing, generation, storage and every adapter.
+
+Adapters translate platform objects into these types at the edge; nothing here knows Slack or Discord.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+QueryType = Literal["coding", "math", "creative", "reasoning", "general"]
+QUERY_TYPES: tuple[QueryType, ...] = ("coding", "math", "creative", "reasoning", "general")
+Complexity = Literal["simple", "moderate", "complex"]
+Source = Literal["openai", "local", "cache"]
+FallbackReason = Literal[
+    "no_api_key",
+    "timeout",
+    "rate_limited",
+    "budget",
+    "api_error",
+    "invalid_response",
+    "unknown_model",
+    "low_confidence",
+    "local_confident",
+    "privacy",
+]
+Role = Literal["user", "assistant"]
+
+
+class Turn(BaseModel):
+    """One message of a conversation, oldest first in any history."""
+
+    model_config = ConfigDict(frozen=True)
+
+    role: Role
+    content: str
+    author: str | None = None  # display name of a person; None for the bot
+
+
+class RouteRequest(BaseModel):
+    """What a router sees: the question and the conversation before it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    query: str
+    history: tuple[Turn, ...] = ()
+    channel_id: str | None = None
+    local_only: bool = False  # a privacy-marked channel: nothing may go to the meta-router
+
+
+class Decision(BaseModel):
+    """The routing decision, exactly the contract's decision JSON (CONTRACT.md)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    recommended_model: str
+    confidence: float = Field(ge=0.0, le=1.0)
+    reasoning: str
+    query_type: QueryType
+    complexity: Complexity
+    specializations_needed: list[str] = Field(default_factory=list)
+    alternatives: list[str] = Field(default_factory=list)
+    download_if_needed: bool = False
+    source: Source
+    fallback_reason: FallbackReason | None = None
+    decision_ms: float = 0.0
+    cost_usd: float = 0.0
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    """What the database knows about a model's use: from answers and feedback."""
+
+    satisfaction: float | None = None  # share of positive ratings; None without feedback
+    feedback_count: int = 0
+    requests: int = 0
+    last_used: datetime | None = None
+    # per query type: (positive, total) ratings, for routing that learns per task
+    by_type: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One model as the inventory knows it: catalog facts merged with live host state."""
+
+    name: str  # normalised "family:tag"
+    local: bool
+    hosts: tuple[str, ...]  # hosts that have it pulled
+    loaded_on: tuple[str, ...]  # hosts that have it in memory (/api/ps)
+    size_gb: float | None
+    parameters_b: float | None
+    context_length: int | None
+    specializations: tuple[str, ...]
+    scores: dict[str, float]  # query type -> 0..100 performance score
+    catalogued: bool
+    stats: ModelStats = field(default_factory=ModelStats)
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """A snapshot of every catalogued model and every model present on any host."""
+
+    models: tuple[ModelInfo, ...]
+    hosts: tuple[str, ...]
+    hosts_down: tuple[str, ...] = ()
+
+    def get(self, name: str) -> ModelInfo | None:
+        wanted = normalise_model_name(name)
+        for m in self.models:
+            if m.name == wanted:
+                return m
+        return None
+
+    def names(self) -> list[str]:
+        return [m.name for m in self.models]
+
+    def fingerprint(self) -> str:
+        """Changes whenever anything a routing decision depends on changes (cache key part)."""
+        parts = []
+        for m in sorted(self.models, key=lambda m: m.name):
+            s = m.stats
+            parts.append(f"{m.name}|{int(m.local)}|{s.feedback_count}|{s.satisfaction}")
+        return ";".join(parts)
+
+
+def normalise_model_name(name: str) -> str:
+    """Ollama names are `model:tag` with `latest` as the default tag."""
+    name = name.strip()
+    if not name:
+        return name
+    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
