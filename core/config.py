@@ -143,6 +143,8 @@ class Settings(BaseSettings):
     )
     reactions: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_REACTIONS))
 
+    log_level: str = Field("WARNING", pattern="^(?i)(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
+
     # --- HTTP endpoint ------------------------------------------------------------------------
     http_port: int = Field(8080, ge=0, le=65535)
     http_host: str = "127.0.0.1"
@@ -170,6 +172,12 @@ class Settings(BaseSettings):
     @classmethod
     def _urls(cls, v: list[str]) -> list[str]:
         return [cls._url(h) or "" for h in v]
+
+    @field_validator("router_prices")
+    @classmethod
+    def _merge_prices(cls, v: dict[str, Price]) -> dict[str, Price]:
+        # a config that prices one custom router must not make the known ones free
+        return {**DEFAULT_PRICES, **v}
 
     @field_validator("reactions")
     @classmethod

@@ -1,0 +1,238 @@
+"""`metarouter`: the command line of CONTRACT.md.
+
+Exit status: 0 success, 2 bad usage or configuration (one line naming the setting), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+from pydantic import ValidationError
+
+from core.config import Settings, load_settings
+from core.errors import ConfigError
+from core.types import RouteRequest, Turn
+
+log = logging.getLogger("metarouter")
+
+DESCRIPTION = """MetaRouter answers questions with local Ollama models and picks the right model for each one.
+With OPENAI_API_KEY set, a small OpenAI model (the meta-router) makes the choice; without it, or when
+it is slow, rate-limited or unsure, an offline router decides. Settings come from the environment
+and an optional TOML file (METAROUTER_CONFIG); see README.md."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="metarouter", description=DESCRIPTION)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    sub.add_parser(
+        "serve",
+        help="run the bot (Slack, Discord, or the terminal console when no tokens are set)",
+        description="Runs the bot on every platform whose credentials are set. With none, chats on "
+        "this terminal: type a question, /help for commands. Stops cleanly on Ctrl-C or SIGTERM.",
+    )
+
+    r = sub.add_parser(
+        "route",
+        help="show which model would answer a question (generates nothing)",
+        description="Routes a question and prints the decision. Nothing is generated.",
+    )
+    r.add_argument("query", nargs="?", help="the question (quote it)")
+    r.add_argument("--json", action="store_true", help="print the decision JSON of CONTRACT.md")
+    r.add_argument(
+        "--batch",
+        metavar="FILE",
+        help='JSON Lines of {"query": ..., "history": [...]} ("-" for stdin); one decision per line',
+    )
+
+    a = sub.add_parser(
+        "ask",
+        help="route a question, pull the model if needed, and stream the answer",
+        description="Routes the question, pulls the chosen model when needed (showing progress), "
+        "and streams the answer here, followed by the routing decision.",
+    )
+    a.add_argument("query", help="the question (quote it)")
+
+    m = sub.add_parser(
+        "models",
+        help="list catalogued and local models with satisfaction and usage",
+        description="Every catalogued model and every model present on any Ollama host.",
+    )
+    m.add_argument("--json", action="store_true", help="print the JSON array of CONTRACT.md")
+
+    db = sub.add_parser("db", help="database maintenance", description="Database maintenance.")
+    dbsub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
+    dbsub.add_parser("upgrade", help="apply the migrations to DATABASE_URL")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    # The embedding model ships inside a package: never let a library reach for the hub.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"metarouter: configuration error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings)
+    if args.command == "route" and not args.batch and not args.query:
+        print("metarouter route: give a QUERY or --batch FILE", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(_run(args, settings))
+    except ConfigError as exc:
+        print(f"metarouter: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+    except Exception as exc:
+        log.debug("failed", exc_info=True)
+        print(f"metarouter: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _run(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.app import build_app
+
+    if args.command == "db":
+        from core.store import upgrade_database
+
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        await upgrade_database(settings.db_url)
+        print("database is up to date")
+        return 0
+
+    if args.command == "serve":
+        from bot.serve import serve
+
+        return await serve(settings)
+
+    app = await build_app(settings, use_cache=False)
+    try:
+        if args.command == "route":
+            if args.batch:
+                return await _route_batch(app.service, args.batch)
+            decision = await app.service.route(RouteRequest(query=args.query))
+            if args.json:
+                print(decision.model_dump_json())
+            else:
+                from bot.common.render import decision_details, decision_summary
+
+                print(decision_summary(decision))
+                print("\n".join("  " + line for line in decision_details(decision)))
+            return 0
+        if args.command == "ask":
+            from bot.console import Console
+
+            answer = await Console(app.service).ask(args.query)
+            return 0 if answer is not None and answer.error is None else 1
+        if args.command == "models":
+            return await _models(app.service, as_json=args.json)
+    finally:
+        await app.close()
+    return 2
+
+
+async def _route_batch(service: Any, path: str) -> int:
+    stream = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
+    try:
+        for line in _nonblank(stream):
+            try:
+                req = _parse_batch_line(line)
+            except ValueError as exc:
+                print(json.dumps({"error": str(exc)}), flush=True)
+                continue
+            decision = await service.route(req)
+            print(decision.model_dump_json(), flush=True)
+    finally:
+        if stream is not sys.stdin:
+            stream.close()
+    return 0
+
+
+def _nonblank(lines: Iterable[str]) -> Iterable[str]:
+    return (line for line in lines if line.strip())
+
+
+def _parse_batch_line(line: str) -> RouteRequest:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {exc.msg} at column {exc.colno}") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("query"), str):
+        raise ValueError('each line needs a "query" string')
+    try:
+        history = tuple(Turn(role=t["role"], content=t["content"]) for t in obj.get("history") or [])
+    except (KeyError, TypeError, ValidationError):
+        raise ValueError('"history" must be a list of {"role": "user"|"assistant", "content": str}') from None
+    return RouteRequest(query=obj["query"], history=history)
+
+
+async def _models(service: Any, *, as_json: bool) -> int:
+    from core.inventory import models_json
+
+    inv = await service.models()
+    rows = models_json(inv)
+    if as_json:
+        print(json.dumps(rows, ensure_ascii=False))
+        return 0
+    print(f"{'MODEL':28} {'WHERE':9} {'SIZE':>7}  {'SATISFACTION':>12}  {'USED':>5}  SPECIALISATIONS")
+    for r in rows:
+        where = "local" if r["local"] else "download"
+        sat = "–" if r["satisfaction"] is None else f"{r['satisfaction']:.0%} of {r['feedback_count']}"
+        size = f"{r['size_gb']:.1f} GB" if r["size_gb"] is not None else "?"
+        print(f"{r['name']:28} {where:9} {size:>7}  {sat:>12}  {r['requests']:>5}  {', '.join(r['specializations'])}")
+    if inv.hosts_down:
+        print(f"\nunreachable Ollama hosts: {', '.join(inv.hosts_down)}", file=sys.stderr)
+    return 0
+
+
+class _SecretFilter(logging.Filter):
+    """Masks every configured secret in every log record, whatever logged it."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self.secrets = [s for s in secrets if len(s) >= 6]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            msg = record.getMessage()
+            masked = msg
+            for s in self.secrets:
+                masked = masked.replace(s, "***")
+            if masked != msg:
+                record.msg, record.args = masked, None
+        return True
+
+
+def setup_logging(settings: Settings) -> None:
+    level = settings.log_level.upper()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    secrets = [
+        s.get_secret_value()
+        for s in (
+            settings.openai_api_key,
+            settings.slack_bot_token,
+            settings.slack_app_token,
+            settings.slack_signing_secret,
+            settings.discord_bot_token,
+        )
+        if s is not None
+    ]
+    handler.addFilter(_SecretFilter(secrets))
+    logging.basicConfig(level=getattr(logging, level, logging.WARNING), handlers=[handler], force=True)
+    # httpx logs every request line at INFO; keep it for debugging only
+    logging.getLogger("httpx").setLevel(max(logging.getLogger().level, logging.WARNING))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,49 @@
+"""Platform-neutral text for a routing decision: the one-line summary and the expanded details."""
+
+from __future__ import annotations
+
+from core.types import Decision
+
+FALLBACK_TEXT = {
+    "no_api_key": "meta-router off (no API key)",
+    "timeout": "meta-router timed out",
+    "rate_limited": "meta-router rate-limited",
+    "budget": "monthly routing budget spent",
+    "api_error": "meta-router unavailable",
+    "invalid_response": "meta-router answer unusable",
+    "unknown_model": "meta-router chose an unknown model",
+    "low_confidence": "meta-router unsure",
+    "local_confident": "local router confident",
+    "privacy": "local-only channel",
+}
+
+
+def decision_summary(d: Decision) -> str:
+    """model · query type · confidence · source · decision time [· why the local router decided]"""
+    parts = [d.recommended_model, d.query_type, f"{d.confidence:.2f}", d.source, _ms(d.decision_ms)]
+    if d.fallback_reason:
+        parts.append(FALLBACK_TEXT.get(d.fallback_reason, d.fallback_reason))
+    return " · ".join(parts)
+
+
+def decision_details(d: Decision) -> list[str]:
+    lines = [
+        f"Model: {d.recommended_model} ({d.complexity} {d.query_type} question, confidence {d.confidence:.2f})",
+        f"Why: {d.reasoning}",
+    ]
+    if d.specializations_needed:
+        lines.append("Needs: " + ", ".join(d.specializations_needed))
+    if d.alternatives:
+        lines.append("Alternatives: " + ", ".join(d.alternatives))
+    lines.append(
+        f"Decided by: {d.source}"
+        + (f" ({FALLBACK_TEXT.get(d.fallback_reason, d.fallback_reason)})" if d.fallback_reason else "")
+        + f" in {_ms(d.decision_ms)}, cost ${d.cost_usd:.6f}"
+    )
+    if d.download_if_needed:
+        lines.append("Download: needed if the model is not local yet")
+    return lines
+
+
+def _ms(ms: float) -> str:
+    return f"{ms:.1f} ms" if ms < 1000 else f"{ms / 1000:.2f} s"

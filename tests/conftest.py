@@ -1,0 +1,90 @@
+"""Shared fixtures: settings on a temporary data directory, and real databases.
+
+Every test that takes `db_url` runs on a SQLite file and on PostgreSQL. PostgreSQL tests run whenever
+127.0.0.1:5432 answers (or METAROUTER_TEST_PG_URL points elsewhere); with CI=true they fail, never
+skip, when it does not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from core.config import Settings
+
+pytest_plugins = ["tests.doubles.ollama", "tests.doubles.openai"]
+
+PG_ADMIN_URL = os.environ.get("METAROUTER_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+_CONTRACT_ENV = [
+    "OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
+    "OLLAMA_HOST",
+    "DATABASE_URL",
+    "SLACK_BOT_TOKEN",
+    "SLACK_APP_TOKEN",
+    "SLACK_SIGNING_SECRET",
+    "SLACK_API_URL",
+    "DISCORD_BOT_TOKEN",
+    "DISCORD_API_URL",
+]
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Tests never see the developer's real keys or config."""
+    for name in list(os.environ):
+        if name.startswith("METAROUTER_") and name != "METAROUTER_TEST_PG_URL" or name in _CONTRACT_ENV:
+            monkeypatch.delenv(name, raising=False)
+    yield
+
+
+async def _pg_available() -> bool:
+    import asyncpg
+
+    try:
+        conn = await asyncio.wait_for(asyncpg.connect(PG_ADMIN_URL), 3)
+    except Exception:
+        return False
+    await conn.close()
+    return True
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh, empty database: a SQLite file, or a new PostgreSQL database dropped afterwards."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
+        return
+    if not await _pg_available():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL at {PG_ADMIN_URL} does not answer and CI=true")
+        pytest.skip("PostgreSQL not reachable (set CI=true to make this a failure)")
+    import asyncpg
+
+    name = f"mr_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(PG_ADMIN_URL)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+    yield f"{base}/{name}"
+    admin = await asyncpg.connect(PG_ADMIN_URL)
+    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await admin.close()
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path):
+    """Settings isolated from the environment, on a temporary data directory."""
+
+    def make(**overrides: object) -> Settings:
+        values: dict[str, object] = {"data_dir": tmp_path / "data", "meta_router_enabled": False}
+        values.update(overrides)
+        return Settings(**values)  # type: ignore[arg-type]
+
+    return make

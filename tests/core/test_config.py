@@ -1,0 +1,80 @@
+"""Settings: defaults < TOML (METAROUTER_CONFIG) < environment; bad values name the variable."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.config import load_settings
+from core.errors import ConfigError
+
+
+def test_precedence_defaults_then_toml_then_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "metarouter.toml"
+    cfg.write_text(
+        'meta_router_model = "gpt-4.1-mini"\nmax_requests_per_hour = 7\nconfidence_threshold = 0.5\n'
+        'ollama_host = "http://10.0.0.1:11434"\n[router_prices.my-router]\ninput = 1.0\noutput = 2.0\n'
+    )
+    monkeypatch.setenv("METAROUTER_CONFIG", str(cfg))
+    monkeypatch.setenv("METAROUTER_MAX_REQUESTS_PER_HOUR", "9")
+    monkeypatch.setenv("OLLAMA_HOST", "127.0.0.1:5000")
+    s = load_settings()
+    assert s.meta_router_model == "gpt-4.1-mini"  # from the file
+    assert s.max_requests_per_hour == 9  # the environment wins over the file
+    assert s.confidence_threshold == 0.5
+    assert s.decision_timeout_s == 4.0  # default
+    assert s.hosts == ["http://127.0.0.1:5000"]  # bare host:port gets http://, like the ollama library
+    assert s.price_for("my-router") is not None and s.price_for("gpt-4o-mini-2024-07-18") is not None
+
+
+def test_several_ollama_hosts_override_ollama_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OLLAMA_HOST", "http://a:1")
+    monkeypatch.setenv("METAROUTER_OLLAMA_HOSTS", "http://b:2/, http://c:3")
+    assert load_settings().hosts == ["http://b:2", "http://c:3"]
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("METAROUTER_DECISION_TIMEOUT_S", "soon"),
+        ("METAROUTER_CONFIDENCE_THRESHOLD", "1.5"),
+        ("DATABASE_URL", "mysql://x"),
+        ("OLLAMA_HOST", "ftp://host"),
+    ],
+)
+def test_invalid_setting_names_the_variable(monkeypatch: pytest.MonkeyPatch, var: str, value: str) -> None:
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert str(err.value).startswith(var)
+
+
+def test_unknown_key_in_config_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("max_request_per_hour = 3\n")  # a typo must not be silently ignored
+    monkeypatch.setenv("METAROUTER_CONFIG", str(cfg))
+    with pytest.raises(ConfigError, match="max_request_per_hour"):
+        load_settings()
+
+
+def test_cli_exits_2_with_one_line_naming_the_setting(tmp_path: Path) -> None:
+    env = {"PATH": "", "HOME": str(tmp_path), "METAROUTER_MAX_REQUESTS_PER_HOUR": "many"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "route", "hello"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "METAROUTER_MAX_REQUESTS_PER_HOUR" in lines[0]
+
+
+def test_secrets_do_not_show_in_repr_or_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-very-secret-value")
+    s = load_settings()
+    assert "sk-very-secret-value" not in repr(s) and "sk-very-secret-value" not in str(s.model_dump())
+    monkeypatch.setenv("METAROUTER_DECISION_TIMEOUT_S", "x")
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert "sk-very-secret-value" not in str(err.value)

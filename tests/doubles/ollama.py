@@ -1,0 +1,1 @@
+"""Loopback Ollama double (see PROTOCOLS.md section 5)."""

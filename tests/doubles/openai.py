@@ -1,0 +1,1 @@
+"""Loopback OpenAI chat-completions double (see PROTOCOLS.md section 6)."""
