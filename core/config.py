@@ -120,6 +120,8 @@ class Settings(BaseSettings):
     stream_idle_timeout_s: float = Field(120.0, gt=0)
     pull_idle_timeout_s: float = Field(300.0, gt=0)
     inventory_ttl_s: float = Field(15.0, ge=0)
+    # connect timeout, and the whole budget of one inventory probe (/api/tags + /api/ps) per host
+    ollama_probe_timeout_s: float = Field(3.0, gt=0)
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     default_context_tokens: int = Field(8192, ge=512)
 

@@ -1,0 +1,21 @@
+"""Storage: SQLAlchemy models, engines, Alembic upgrades and the `Store` repository.
+
+engine = create_engine(settings.db_url)
+await upgrade_database(settings.db_url)
+store = Store(engine, store_question_text=settings.store_question_text)
+"""
+
+from core.store.engine import alembic_config, async_url, create_engine, session_factory, upgrade_database
+from core.store.repository import MessageRef, Store, UnfinishedAnswer, query_hash
+
+__all__ = [
+    "MessageRef",
+    "Store",
+    "UnfinishedAnswer",
+    "alembic_config",
+    "async_url",
+    "create_engine",
+    "query_hash",
+    "session_factory",
+    "upgrade_database",
+]

@@ -9,9 +9,11 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, event, text
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 import migrations
+from core.errors import StoreUnavailable
 
 # Any constant shared by every replica: they all serialise their upgrades on it.
 _UPGRADE_LOCK_KEY = 0x6D65746172  # "metar"
@@ -92,7 +94,8 @@ async def upgrade_database(url: str) -> None:
     """Apply every migration to the database at `url` (`alembic upgrade head`); safe to race.
 
     Replicas starting together serialise on a PostgreSQL advisory lock, or SQLite's write lock;
-    whoever comes second finds the schema current and does nothing.
+    whoever comes second finds the schema current and does nothing. Raises StoreUnavailable when
+    the database cannot be reached.
     """
     engine = create_engine(url, immediate_transactions=True)
     try:
@@ -101,5 +104,8 @@ async def upgrade_database(url: str) -> None:
                 # released when this transaction ends, even if the process dies
                 await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _UPGRADE_LOCK_KEY})
             await conn.run_sync(_upgrade, alembic_config(url))
+    except (OperationalError, InterfaceError, OSError) as exc:
+        # the type only: driver messages can quote the URL, and the URL can hold a password
+        raise StoreUnavailable(f"database unavailable ({type(exc).__name__})") from exc
     finally:
         await engine.dispose()

@@ -1,0 +1,382 @@
+"""`Store`: everything the bot records and reads back, one short transaction per method.
+
+Nothing outside this module sees an ORM object: methods return ids, plain values or the frozen
+dataclasses below. A database that cannot be reached raises `StoreUnavailable`, so callers can
+degrade (answer without recording) instead of crashing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import case, delete, func, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from core.config import Settings
+from core.errors import StoreUnavailable
+from core.store.engine import create_engine, session_factory
+from core.store.models import (
+    Answer,
+    AnswerMessage,
+    Conversation,
+    Feedback,
+    ModelEvent,
+    Request,
+    RouterCall,
+    utcnow,
+)
+from core.types import Decision, ModelStats, normalise_model_name
+
+FINAL_STATUSES = frozenset({"ok", "error", "incomplete"})
+# answers that count as the model having answered (a broken-off stream still showed text)
+GENERATED_STATUSES = ("ok", "incomplete")
+MODEL_EVENT_KINDS = frozenset({"pull", "pull_failed", "remove", "load"})
+
+
+def query_hash(query: str) -> str:
+    """sha256 of the query with case and runs of whitespace ignored: equal questions, equal hashes."""
+    return hashlib.sha256(" ".join(query.split()).casefold().encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class MessageRef:
+    platform: str
+    channel_id: str
+    message_id: str
+
+
+@dataclass(frozen=True)
+class UnfinishedAnswer:
+    """An answer still marked streaming: the process that wrote it stopped before it finished."""
+
+    answer_id: int
+    request_id: int
+    model: str
+    host: str
+    started_at: datetime
+    messages: tuple[MessageRef, ...]
+
+
+class Store:
+    def __init__(self, engine: AsyncEngine, *, store_question_text: bool = True) -> None:
+        self.engine = engine
+        self.store_question_text = store_question_text
+        self._sessions = session_factory(engine)
+        # both dialects spell ON CONFLICT the same way; only the import differs
+        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Store:
+        return cls(create_engine(settings.db_url), store_question_text=settings.store_question_text)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    @asynccontextmanager
+    async def _tx(self) -> AsyncIterator[AsyncSession]:
+        try:
+            async with self._sessions.begin() as session:
+                yield session
+        except (OperationalError, InterfaceError, OSError) as exc:
+            # the type only: driver messages can quote the URL, and the URL can hold a password
+            raise StoreUnavailable(f"database unavailable ({type(exc).__name__})") from exc
+
+    async def ping(self) -> bool:
+        """True when the database answers (for /healthz)."""
+        try:
+            async with self._tx() as s:
+                await s.execute(text("SELECT 1"))
+        except StoreUnavailable:
+            return False
+        return True
+
+    # --- conversations and requests ---------------------------------------------------------------
+
+    async def conversation(
+        self, platform: str, channel_id: str, thread_id: str | None, workspace_id: str | None = None
+    ) -> int:
+        """The id of the conversation, created on first sight; two callers at once get the same id."""
+        thread = thread_id or ""
+        where = (
+            Conversation.platform == platform,
+            Conversation.channel_id == channel_id,
+            Conversation.thread_id == thread,
+        )
+        async with self._tx() as s:
+            found = await s.scalar(select(Conversation.id).where(*where))
+            if found is not None:
+                return found
+            stmt = (
+                self._insert(Conversation)
+                .values(
+                    platform=platform,
+                    channel_id=channel_id,
+                    thread_id=thread,
+                    workspace_id=workspace_id,
+                    created_at=utcnow(),
+                )
+                .on_conflict_do_nothing(index_elements=["platform", "channel_id", "thread_id"])
+                .returning(Conversation.id)
+            )
+            new_id = (await s.execute(stmt)).scalar_one_or_none()
+            if new_id is not None:
+                return new_id
+            # someone else created it between our select and insert
+            return (await s.execute(select(Conversation.id).where(*where))).scalar_one()
+
+    async def record_request(
+        self,
+        *,
+        platform: str,
+        channel_id: str,
+        user_id: str | None,
+        query: str,
+        decision: Decision,
+        conversation_id: int | None = None,
+        event_key: str | None = None,
+    ) -> int | None:
+        """The new request's id, or None when `event_key` was recorded before (a redelivery)."""
+        stmt = (
+            self._insert(Request)
+            .values(
+                conversation_id=conversation_id,
+                platform=platform,
+                channel_id=channel_id,
+                user_id=user_id,
+                query_text=query if self.store_question_text else None,
+                query_hash=query_hash(query),
+                created_at=utcnow(),
+                decision=decision.model_dump(mode="json"),
+                recommended_model=decision.recommended_model,
+                query_type=decision.query_type,
+                complexity=decision.complexity,
+                source=decision.source,
+                fallback_reason=decision.fallback_reason,
+                confidence=decision.confidence,
+                decision_ms=decision.decision_ms,
+                cost_usd=decision.cost_usd,
+                event_key=event_key,
+            )
+            .on_conflict_do_nothing(index_elements=["event_key"])
+            .returning(Request.id)
+        )
+        async with self._tx() as s:
+            return (await s.execute(stmt)).scalar_one_or_none()
+
+    # --- answers --------------------------------------------------------------------------------
+
+    async def start_answer(self, request_id: int, model: str, host: str) -> int:
+        answer = Answer(
+            request_id=request_id, model=normalise_model_name(model), host=host, status="streaming"
+        )
+        async with self._tx() as s:
+            s.add(answer)
+            await s.flush()
+            return answer.id
+
+    async def finish_answer(
+        self,
+        answer_id: int,
+        *,
+        status: str,
+        error: str | None = None,
+        prompt_tokens: int | None = None,
+        completion_tokens: int | None = None,
+        load_ms: float | None = None,
+        total_ms: float | None = None,
+        chars: int = 0,
+        trimmed: bool = False,
+    ) -> None:
+        if status not in FINAL_STATUSES:
+            raise ValueError(f"status must be one of {sorted(FINAL_STATUSES)}, not {status!r}")
+        async with self._tx() as s:
+            await s.execute(
+                update(Answer)
+                .where(Answer.id == answer_id)
+                .values(
+                    status=status,
+                    error=error,
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens,
+                    load_ms=load_ms,
+                    total_ms=total_ms,
+                    chars=chars,
+                    trimmed=trimmed,
+                    finished_at=utcnow(),
+                )
+            )
+
+    async def add_answer_message(
+        self, answer_id: int, platform: str, channel_id: str, message_id: str
+    ) -> None:
+        """Map one platform message of an answer back to it; adding the same message again is a no-op."""
+        stmt = (
+            self._insert(AnswerMessage)
+            .values(answer_id=answer_id, platform=platform, channel_id=channel_id, message_id=message_id)
+            .on_conflict_do_nothing(index_elements=["platform", "channel_id", "message_id"])
+        )
+        async with self._tx() as s:
+            await s.execute(stmt)
+
+    async def answer_for_message(self, platform: str, channel_id: str, message_id: str) -> int | None:
+        """The answer a platform message belongs to, or None if the bot did not post it as an answer."""
+        async with self._tx() as s:
+            return await s.scalar(
+                select(AnswerMessage.answer_id).where(
+                    AnswerMessage.platform == platform,
+                    AnswerMessage.channel_id == channel_id,
+                    AnswerMessage.message_id == message_id,
+                )
+            )
+
+    async def unfinished_answers(self) -> list[UnfinishedAnswer]:
+        async with self._tx() as s:
+            answers = (
+                await s.execute(
+                    select(Answer.id, Answer.request_id, Answer.model, Answer.host, Answer.created_at)
+                    .where(Answer.status == "streaming")
+                    .order_by(Answer.id)
+                )
+            ).all()
+            if not answers:
+                return []
+            rows = (
+                await s.execute(
+                    select(
+                        AnswerMessage.answer_id,
+                        AnswerMessage.platform,
+                        AnswerMessage.channel_id,
+                        AnswerMessage.message_id,
+                    )
+                    .where(AnswerMessage.answer_id.in_([a.id for a in answers]))
+                    .order_by(AnswerMessage.id)
+                )
+            ).all()
+        messages: dict[int, list[MessageRef]] = {}
+        for answer_id, platform, channel_id, message_id in rows:
+            messages.setdefault(answer_id, []).append(MessageRef(platform, channel_id, message_id))
+        return [
+            UnfinishedAnswer(a.id, a.request_id, a.model, a.host, a.created_at, tuple(messages.get(a.id, ())))
+            for a in answers
+        ]
+
+    async def mark_incomplete(self, answer_ids: Iterable[int]) -> int:
+        """Close answers that stopped streaming; returns how many were still open."""
+        ids = list(answer_ids)
+        if not ids:
+            return 0
+        async with self._tx() as s:
+            result = await s.execute(
+                update(Answer)
+                .where(Answer.id.in_(ids), Answer.status == "streaming")
+                .values(status="incomplete", finished_at=utcnow())
+            )
+            return int(result.rowcount)  # type: ignore[attr-defined]
+
+    # --- feedback -------------------------------------------------------------------------------
+
+    async def set_feedback(self, answer_id: int, user_id: str, rating: int, reaction: str) -> None:
+        """Record one person's rating of an answer, replacing any rating they gave it before."""
+        if rating not in (-1, 1):
+            raise ValueError(f"rating must be 1 or -1, not {rating!r}")
+        now = utcnow()
+        stmt = self._insert(Feedback).values(
+            answer_id=answer_id,
+            user_id=user_id,
+            rating=rating,
+            reaction=reaction,
+            created_at=now,
+            updated_at=now,
+        )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["answer_id", "user_id"],
+            set_={"rating": stmt.excluded.rating, "reaction": stmt.excluded.reaction, "updated_at": now},
+        )
+        async with self._tx() as s:
+            await s.execute(stmt)
+
+    async def remove_feedback(self, answer_id: int, user_id: str, reaction: str | None = None) -> bool:
+        """Withdraw a person's rating. With `reaction`, only if that is the reaction that set it:
+        taking back an old 👍 must not undo the ❤️ that replaced it."""
+        stmt = delete(Feedback).where(Feedback.answer_id == answer_id, Feedback.user_id == user_id)
+        if reaction is not None:
+            stmt = stmt.where(Feedback.reaction == reaction)
+        async with self._tx() as s:
+            result = await s.execute(stmt)
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def model_stats(self) -> dict[str, ModelStats]:
+        """Per model: answers generated, when last, and the share of positive ratings (None if unrated)."""
+        positive = func.sum(case((Feedback.rating > 0, 1), else_=0))
+        async with self._tx() as s:
+            usage = (
+                await s.execute(
+                    select(Answer.model, func.count(Answer.id), func.max(Answer.created_at))
+                    .where(Answer.status.in_(GENERATED_STATUSES))
+                    .group_by(Answer.model)
+                )
+            ).all()
+            ratings = (
+                await s.execute(
+                    select(Answer.model, Request.query_type, positive, func.count(Feedback.id))
+                    .join(Answer, Feedback.answer_id == Answer.id)
+                    .join(Request, Answer.request_id == Request.id)
+                    .group_by(Answer.model, Request.query_type)
+                )
+            ).all()
+        used: dict[str, tuple[int, datetime | None]] = {m: (n, last) for m, n, last in usage}
+        by_model: dict[str, dict[str, tuple[int, int]]] = {}
+        for model, query_type, pos, total in ratings:
+            by_model.setdefault(model, {})[query_type] = (int(pos or 0), int(total))
+        stats: dict[str, ModelStats] = {}
+        for model in used.keys() | by_model.keys():
+            by_type = by_model.get(model, {})
+            pos = sum(p for p, _ in by_type.values())
+            total = sum(t for _, t in by_type.values())
+            requests, last_used = used.get(model, (0, None))
+            stats[model] = ModelStats(
+                satisfaction=pos / total if total else None,
+                feedback_count=total,
+                requests=requests,
+                last_used=last_used,
+                by_type=by_type,
+            )
+        return stats
+
+    # --- meta-router calls and model events -----------------------------------------------------
+
+    async def record_router_call(
+        self, router_model: str, outcome: str, cost_usd: float, latency_ms: float
+    ) -> None:
+        async with self._tx() as s:
+            s.add(
+                RouterCall(
+                    router_model=router_model, outcome=outcome, cost_usd=cost_usd, latency_ms=latency_ms
+                )
+            )
+
+    async def router_calls_since(self, t: datetime) -> int:
+        async with self._tx() as s:
+            return int(
+                await s.scalar(select(func.count(RouterCall.id)).where(RouterCall.created_at >= t)) or 0
+            )
+
+    async def router_spend_since(self, t: datetime) -> float:
+        async with self._tx() as s:
+            spent = await s.scalar(select(func.sum(RouterCall.cost_usd)).where(RouterCall.created_at >= t))
+            return float(spent or 0.0)
+
+    async def record_model_event(
+        self, model: str, host: str, kind: str, detail: dict[str, Any] | None = None
+    ) -> None:
+        if kind not in MODEL_EVENT_KINDS:
+            raise ValueError(f"kind must be one of {sorted(MODEL_EVENT_KINDS)}, not {kind!r}")
+        async with self._tx() as s:
+            s.add(ModelEvent(model=normalise_model_name(model), host=host, kind=kind, detail=detail))
