@@ -24,7 +24,7 @@ from core.types import Decision, FallbackReason, Inventory, RouteRequest
 log = logging.getLogger(__name__)
 
 # Fallbacks that may go the other way a minute later; caching them would hide a recovered meta-router.
-TRANSIENT: frozenset[str] = frozenset()
+TRANSIENT: frozenset[str] = frozenset({"timeout", "api_error", "rate_limited", "budget"})
 
 
 def utcnow() -> datetime:

@@ -104,7 +104,7 @@ first. download_if_needed: true if the pick is not local and worth pulling. reas
 def _model_line(m: ModelInfo, inv: Inventory) -> str:
     if m.local:
         status = "local"
-        if len(inv.hosts) > 1:
+        if False:
             # Hosts by label, not URL: internal addresses are none of the API's business.
             status += " on " + ",".join(f"h{inv.hosts.index(h) + 1}" for h in m.hosts if h in inv.hosts)
         if m.loaded_on:
