@@ -217,6 +217,10 @@ def _is_down(exc: BaseException) -> bool:
     return type(exc) is ConnectionError or isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
 
 
+def _all_down(inv: Inventory) -> bool:
+    return bool(inv.hosts) and len(inv.hosts_down) == len(inv.hosts)
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, ollama.ResponseError):
         return exc.error
@@ -270,8 +274,10 @@ class Generator:
     ) -> AsyncIterator[GenEvent]:
         """Answer `messages` (oldest first, the question last) with the decision's best available model."""
         inv = await self.inventory.snapshot()
-        if inv.hosts and len(inv.hosts_down) == len(inv.hosts):
-            raise self._unavailable(inv.hosts)
+        if _all_down(inv):
+            inv = await self.inventory.snapshot(refresh=True)  # notice a restarted Ollama at once
+            if _all_down(inv):
+                raise self._unavailable(inv.hosts)
         system = self.settings.system_prompt if system_prompt is None else system_prompt
         names = [decision.recommended_model, *decision.alternatives]
         candidates = list(dict.fromkeys(normalise_model_name(n) for n in names if n.strip()))
@@ -304,7 +310,7 @@ class Generator:
         if not failures:
             return ModelUnavailable("The routing decision named no model.")
         kinds = {f.kind for _, f in failures}
-        if kinds == {"down"}:
+        if kinds == {"down"} or _all_down(inv):
             return self._unavailable(inv.hosts)
         if "disk" in kinds and kinds <= {"disk", "unavailable"}:
             msg = " ".join(f.reason for _, f in failures if f.kind == "disk")
@@ -470,7 +476,7 @@ class Generator:
         """Pull `model` (on `host`, or the host with the most disk budget left), yielding progress."""
         name = normalise_model_name(model)
         inv = await self.inventory.snapshot(refresh=True)
-        if inv.hosts and len(inv.hosts_down) == len(inv.hosts):
+        if _all_down(inv):
             raise self._unavailable(inv.hosts)
         info = inv.get(name) or ModelInfo(
             name=name,

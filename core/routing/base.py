@@ -6,7 +6,6 @@ chain (core/routing/chain.py) composes them; nothing here knows OpenAI or a data
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol
@@ -60,15 +59,14 @@ class RouterLedger(Protocol):
 RECENT_TURNS = 4
 TURN_CHARS = 200
 
-_SPACE = re.compile(r"\s+")
-
 
 def squash(text: str) -> str:
-    return _SPACE.sub(" ", text).strip()
+    return " ".join(text.split())
 
 
 def clip(text: str, limit: int) -> str:
-    text = squash(text)
+    # Squashing can only shorten; squash a bounded prefix so a pasted 100 kB log costs no more.
+    text = squash(text[: limit * 4])
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

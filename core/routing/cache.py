@@ -44,17 +44,13 @@ def cache_key(req: RouteRequest, inv: Inventory, settings: Settings) -> str:
 
 
 class DecisionCache:
-    """In-process TTL cache with an LRU bound. `clock` is injectable so tests expire entries without sleeping."""
+    """TTL + LRU cache in this process; `clock` is injectable so tests expire entries without sleeping."""
 
-    def __init__(self, ttl_s: float, max_entries: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self._ttl = ttl_s
-        self._max = max_entries
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._ttl = settings.cache_ttl_s
+        self._max = settings.cache_max_entries
         self._clock = clock
         self._entries: OrderedDict[str, tuple[float, Decision]] = OrderedDict()
-
-    @classmethod
-    def from_settings(cls, settings: Settings, clock: Callable[[], float] = time.monotonic) -> DecisionCache:
-        return cls(settings.cache_ttl_s, settings.cache_max_entries, clock)
 
     def __len__(self) -> int:
         return len(self._entries)

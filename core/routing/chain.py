@@ -132,7 +132,8 @@ class RoutingChain:
         if chosen is None:
             known = [a for a in meta.alternatives if inv.get(a) is not None]
             if known:
-                note = f"(The meta-router named {meta.recommended_model[:60]!r}, unknown here; using its alternative.) "
+                unknown = meta.recommended_model[:60]
+                note = f"(The meta-router named {unknown!r}, unknown here; using its alternative.) "
                 chosen = inv.get(known[0])
         outcome: FallbackReason | None = None
         if chosen is None:
@@ -143,7 +144,9 @@ class RoutingChain:
         if chosen is None or outcome is not None:
             log.info("meta-router not followed (%s); using the local router", outcome)
             return _conform(local, inv, fallback_reason=outcome, cost_usd=result.cost_usd)
-        followed = meta.model_copy(update={"recommended_model": chosen.name, "reasoning": note + meta.reasoning})
+        followed = meta.model_copy(
+            update={"recommended_model": chosen.name, "reasoning": note + meta.reasoning}
+        )
         return _conform(followed, inv, fallback_reason=None, cost_usd=result.cost_usd)
 
     def _skip_reason(self, req: RouteRequest, local: Decision) -> FallbackReason | None:
@@ -177,7 +180,9 @@ class RoutingChain:
     async def _record(self, outcome: str, cost_usd: float, started: float) -> None:
         latency_ms = (time.perf_counter() - started) * 1000
         try:
-            await self._ledger.record_router_call(self._settings.meta_router_model, outcome, cost_usd, latency_ms)
+            await self._ledger.record_router_call(
+                self._settings.meta_router_model, outcome, cost_usd, latency_ms
+            )
         except Exception as exc:
             log.warning("could not record a meta-router call (%s)", type(exc).__name__)
 

@@ -117,26 +117,37 @@ class MiniLMEncoder:
     def load(cls, model_dir: Path | None = None) -> MiniLMEncoder:
         model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
         tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-        weights = {k: v.astype(np.float32, copy=False) for k, v in load_file(model_dir / "model.safetensors").items()}
+        weights = {
+            k: v.astype(np.float32, copy=False) for k, v in load_file(model_dir / "model.safetensors").items()
+        }
         return cls(model_dir, tokenizer, weights)
 
-    def token_count(self, text: str) -> int:
-        """Word pieces of `text` after truncation, [CLS] and [SEP] included."""
-        return len(self._tok.encode(text).ids)
+    def tokenize(self, text: str) -> list[int]:
+        """Word-piece ids of `text` with [CLS] and [SEP], cut at max_seq_length like sentence-transformers."""
+        return self._tok.encode(text).ids
 
-    def encode_one(self, text: str) -> np.ndarray:
-        """The unit-length embedding of one text, shape (dim,). No padding, so no mask work."""
-        ids = np.asarray(self._tok.encode(text).ids, dtype=np.int64)[None, :]
-        h = self._forward(ids, None)[0]
+    def token_count(self, text: str) -> int:
+        return len(self.tokenize(text))
+
+    def encode_ids(self, ids: Sequence[int], max_tokens: int | None = None) -> np.ndarray:
+        """The unit-length embedding of one tokenized text, shape (dim,); no padding, so no mask work.
+
+        `max_tokens` keeps only the opening of a long text (the router reads no more than it needs).
+        """
+        ids = _clip(ids, max_tokens)
+        h = self._forward(np.asarray(ids, dtype=np.int64)[None, :], None)[0]
         return _normalise(h.mean(0))
 
-    def encode(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+    def encode_one(self, text: str, max_tokens: int | None = None) -> np.ndarray:
+        return self.encode_ids(self.tokenize(text), max_tokens)
+
+    def encode(self, texts: Sequence[str], batch_size: int = 32, max_tokens: int | None = None) -> np.ndarray:
         """Unit-length embeddings, shape (len(texts), dim), in input order."""
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
-        encodings = self._tok.encode_batch(list(texts))
-        lengths = np.array([len(e.ids) for e in encodings])
+        encoded = [_clip(e.ids, max_tokens) for e in self._tok.encode_batch(list(texts))]
+        lengths = np.array([len(ids) for ids in encoded])
         # batches of similar length waste little work on padding
         order = np.argsort(lengths, kind="stable")
         for start in range(0, len(order), batch_size):
@@ -145,9 +156,8 @@ class MiniLMEncoder:
             ids = np.zeros((len(idx), width), dtype=np.int64)
             mask = np.zeros((len(idx), width), dtype=np.float32)
             for row, i in enumerate(idx):
-                n = lengths[i]
-                ids[row, :n] = encodings[i].ids
-                mask[row, :n] = 1.0
+                ids[row, : lengths[i]] = encoded[i]
+                mask[row, : lengths[i]] = 1.0
             h = self._forward(ids, mask)
             pooled = (h * mask[:, :, None]).sum(1) / np.maximum(mask.sum(1, keepdims=True), 1e-9)
             out[idx] = _normalise(pooled)
@@ -175,6 +185,14 @@ class MiniLMEncoder:
             ff = _gelu(x @ layer.ff1_w + layer.ff1_b) @ layer.ff2_w + layer.ff2_b
             x = _layer_norm(ff + x, layer.ln2_w, layer.ln2_b, self._eps)
         return x
+
+
+def _clip(ids: Sequence[int], max_tokens: int | None) -> list[int]:
+    # keep [CLS] and the opening word pieces, and end with [SEP] as the tokenizer's truncation does
+    ids = list(ids)
+    if max_tokens is not None and len(ids) > max_tokens >= 2:
+        ids = ids[: max_tokens - 1] + ids[-1:]
+    return ids
 
 
 def _normalise(v: np.ndarray) -> np.ndarray:

@@ -45,12 +45,18 @@ MAX_USER_TURNS = 3
 # Form features: cheap facts about the text's shape that embeddings blur (numbers, code, option lists).
 
 _OPTION = re.compile(r"(?:^|[\s(\[])\(?([A-Ea-e])[).:]\s")
-_LATEX = re.compile(r"\\(?:frac|sqrt|int|sum|prod|lim|cdot|times|left|right|boxed|begin|pi|alpha|beta|theta)\b|\$[^$\n]+\$")
+_LATEX = re.compile(
+    r"\\(?:frac|sqrt|int|sum|prod|lim|cdot|times|left|right|boxed|begin|pi|alpha|beta|theta)\b|\$[^$\n]+\$"
+)
 _CODE_CHARS = set("{}[]();<>=_#`\\|&")
 _MATH_CHARS = set("+-*/^=%<>")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
 _WORD = re.compile(r"\w+", re.UNICODE)
-_CODE_LINE = re.compile(r"^(?: {4}|\t)\S|^\s*(?:def|class|return|import|for|while|if|elif|else|function|const|let|var)\b.*[:{;]\s*$", re.M)
+_CODE_LINE = re.compile(
+    r"^(?: {4}|\t)\S"  # an indented line
+    r"|^\s*(?:def|class|return|import|for|while|if|elif|else|function|const|let|var)\b.*[:{;]\s*$",
+    re.M,
+)
 
 FORM_FEATURES: tuple[str, ...] = (
     "log_chars",
@@ -240,10 +246,16 @@ _SPECIALISATIONS: dict[str, tuple[tuple[str, str], ...]] = {
         (r"\b(?:complexity|big-?o|o\(n|algorithm|recursion|recursive|dynamic programming)\b", "algorithms"),
     ),
     "math": (
-        (r"\b(?:derivative|differentiate|integral|integrate|limit|lim|d/dx|dy/dx|calculus|series)\b", "calculus"),
+        (
+            r"\b(?:derivative|differentiate|integral|integrate|limit|lim|d/dx|dy/dx|calculus|series)\b",
+            "calculus",
+        ),
         (r"\b(?:solve|equation|polynomial|factor|quadratic|roots?|inequality|simplify)\b", "algebra"),
-        (r"\b(?:probability|odds|expected value|dice|coin|random|variance|standard deviation|mean|median)\b",
-         "probability-statistics"),
+        (
+            r"\b(?:probability|odds|expected value|dice|coin|random|variance|standard deviation"
+            r"|mean|median)\b",
+            "probability-statistics",
+        ),
         (r"\b(?:triangle|circle|angle|area|perimeter|radius|polygon|volume|geometry)\b", "geometry"),
         (r"\b(?:matrix|matrices|eigen\w*|vector|determinant|linear algebra)\b", "linear-algebra"),
         (r"\b(?:prime|divisible|gcd|lcm|modulo|mod|remainder|integer)\b", "number-theory"),
@@ -267,7 +279,10 @@ _SPECIALISATIONS: dict[str, tuple[tuple[str, str], ...]] = {
         (r"\b(?:step by step|explain your reasoning|reasoning)\b", "step-by-step"),
     ),
     "general": (
-        (r"\b(?:translate|translation|in (?:french|spanish|german|english|japanese|chinese))\b", "translation"),
+        (
+            r"\b(?:translate|translation|in (?:french|spanish|german|english|japanese|chinese))\b",
+            "translation",
+        ),
         (r"\b(?:summari[sz]e|summary|tl;?dr|key points)\b", "summarization"),
         (r"\b(?:rewrite|rephrase|proofread|grammar|correct (?:this|the)|edit)\b", "writing"),
         (r"\b(?:should i|recommend|advice|tips|best way)\b", "advice"),
@@ -369,8 +384,9 @@ class LocalRouter:
     # --- classification --------------------------------------------------------------------------
     def features(self, text: str, max_tokens: int) -> tuple[np.ndarray, int]:
         """Classifier input for one text: its embedding and form features; and its word-piece count."""
-        embedding, pieces = self.encoder.encode_one(text, max_tokens=max_tokens, return_pieces=True)
-        return np.concatenate([embedding, form_features(text)]), pieces
+        ids = self.encoder.tokenize(text)
+        embedding = self.encoder.encode_ids(ids, max_tokens)
+        return np.concatenate([embedding, form_features(text)]), len(ids)
 
     def _text_probs(self, text: str, max_tokens: int) -> tuple[np.ndarray, int]:
         key = (text, max_tokens)
@@ -401,7 +417,9 @@ class LocalRouter:
         query_type = self.model.labels[best]
         # a short follow-up inherits the weight and topic of the question it follows
         context = query
-        last_user = next((t.content for t in reversed(history) if t.role == "user" and t.content.strip()), None)
+        last_user = next(
+            (t.content for t in reversed(history) if t.role == "user" and t.content.strip()), None
+        )
         if last_user and pieces <= 24:
             context = f"{last_user}\n{query}"
             pieces += self.encoder.token_count(last_user)
@@ -420,7 +438,8 @@ class LocalRouter:
         sel = select_model(c.query_type, c.complexity, inv, specializations=c.specializations)
         needs = f" ({', '.join(c.specializations)})" if c.specializations else ""
         reasoning = (
-            f"Looks like a {c.complexity} {c.query_type} question{needs}, {c.confidence:.0%} sure. {sel.reasoning}"
+            f"Looks like a {c.complexity} {c.query_type} question{needs}, {c.confidence:.0%} sure. "
+            + sel.reasoning
         )
         return Decision(
             recommended_model=sel.model,

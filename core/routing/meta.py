@@ -104,13 +104,13 @@ first. download_if_needed: true if the pick is not local and worth pulling. reas
 def _model_line(m: ModelInfo, inv: Inventory) -> str:
     if m.local:
         status = "local"
-        if False:
+        if len(inv.hosts) > 1:
             # Hosts by label, not URL: internal addresses are none of the API's business.
             status += " on " + ",".join(f"h{inv.hosts.index(h) + 1}" for h in m.hosts if h in inv.hosts)
         if m.loaded_on:
             status += ", loaded"
     else:
-        status = f"download {m.size_gb:g}GB" if m.size_gb else "download"
+        status = "download needed"  # its size is the next column
     size = f"{m.size_gb:g}GB" if m.size_gb else "?"
     params = f"{m.parameters_b:g}B" if m.parameters_b else "?"
     scores = "/".join(f"{m.scores[t]:.0f}" if t in m.scores else "-" for t in QUERY_TYPES)
@@ -168,11 +168,10 @@ class MetaRouter:
     def __init__(self, settings: Settings, client: openai.AsyncOpenAI | None = None) -> None:
         self._settings = settings
         self._owns_client = client is None
-        if client is None and settings.openai_api_key is not None:
+        key = settings.openai_api_key.get_secret_value().strip() if settings.openai_api_key else ""
+        if client is None and key:
             client = openai.AsyncOpenAI(
-                api_key=settings.openai_api_key.get_secret_value(),
-                base_url=settings.openai_base_url,
-                timeout=settings.decision_timeout_s,
+                api_key=key, base_url=settings.openai_base_url, timeout=settings.decision_timeout_s
             )
         # Retries are ours: a 429 must not be retried when fallback_on_rate_limit is on (the library
         # retries 429 and 5xx alike), and no wait may outlast the decision timeout (the library honours
@@ -199,7 +198,11 @@ class MetaRouter:
             "messages": build_messages(req, inv, local_hint),
             "response_format": {
                 "type": "json_schema",
-                "json_schema": {"name": "routing_decision", "strict": True, "schema": answer_schema(inv.names())},
+                "json_schema": {
+                    "name": "routing_decision",
+                    "strict": True,
+                    "schema": answer_schema(inv.names()),
+                },
             },
             "temperature": 0,
             "max_tokens": MAX_ANSWER_TOKENS,
@@ -209,10 +212,14 @@ class MetaRouter:
             async with asyncio.timeout(self._settings.decision_timeout_s):
                 completion = await self._call(body)
         except TimeoutError:
-            raise MetaRouterFailure("timeout", f"no answer within {self._settings.decision_timeout_s}s") from None
+            raise MetaRouterFailure(
+                "timeout", f"no answer within {self._settings.decision_timeout_s}s"
+            ) from None
         latency_ms = (time.perf_counter() - started) * 1000
         usage, cost = self._cost(completion)
-        decision = self._parse(completion, cost).model_copy(update={"decision_ms": latency_ms, "cost_usd": cost})
+        decision = self._parse(completion, cost).model_copy(
+            update={"decision_ms": latency_ms, "cost_usd": cost}
+        )
         return MetaResult(decision, cost, latency_ms, usage)
 
     async def _call(self, body: dict[str, Any]) -> Any:
@@ -259,7 +266,9 @@ class MetaRouter:
             self._settings.meta_router_model
         )
         if price is None:
-            log.warning("meta-router: no price for %s; its cost is counted as 0", self._settings.meta_router_model)
+            log.warning(
+                "meta-router: no price for %s; its cost is counted as 0", self._settings.meta_router_model
+            )
             return usage, 0.0
         return usage, (usage.prompt_tokens * price.input + usage.completion_tokens * price.output) / 1e6
 

@@ -107,8 +107,10 @@ def env(make_settings, openai_double: OpenAIDouble):
         settings = make_settings(**values)
         clock = Clock()
         ledger = MemoryLedger(now=clock)
-        cache = DecisionCache.from_settings(settings, clock=clock.monotonic)
-        chain = RoutingChain(settings, StandInLocal(local_confidence), MetaRouter(settings), cache, ledger, now=clock)
+        cache = DecisionCache(settings, clock=clock.monotonic)
+        chain = RoutingChain(
+            settings, StandInLocal(local_confidence), MetaRouter(settings), cache, ledger, now=clock
+        )
         return Env(chain, ledger, cache, clock, openai_double)
 
     return make
@@ -308,7 +310,9 @@ class BrokenLedger(MemoryLedger):
 
 
 async def test_a_broken_ledger_degrades_to_local_routing(make_settings, openai_double) -> None:
-    settings = make_settings(meta_router_enabled=True, openai_api_key=KEY, openai_base_url=openai_double.base_url)
+    settings = make_settings(
+        meta_router_enabled=True, openai_api_key=KEY, openai_base_url=openai_double.base_url
+    )
     chain = RoutingChain(settings, StandInLocal(), MetaRouter(settings), None, BrokenLedger())
     d = await chain.route(RouteRequest(query="hi"), inventory())
     # spend cannot be checked, so nothing is spent

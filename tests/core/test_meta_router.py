@@ -43,10 +43,20 @@ def inventory() -> Inventory:
                 hosts=HOSTS,
                 specializations=("coding", "debugging"),
                 scores={"coding": 88.0, "math": 61.0, "general": 55.0},
-                stats=ModelStats(satisfaction=0.83, feedback_count=12, last_used=datetime(2026, 11, 27, tzinfo=UTC)),
+                stats=ModelStats(
+                    satisfaction=0.83, feedback_count=12, last_used=datetime(2026, 11, 27, tzinfo=UTC)
+                ),
             ),
-            model("llama3.2:3b", True, size_gb=2.0, parameters_b=3.2, specializations=("general", "creative")),
-            model("deepseek-r1:14b", False, size_gb=9.0, parameters_b=14.8, specializations=("reasoning", "math")),
+            model(
+                "llama3.2:3b", True, size_gb=2.0, parameters_b=3.2, specializations=("general", "creative")
+            ),
+            model(
+                "deepseek-r1:14b",
+                False,
+                size_gb=9.0,
+                parameters_b=14.8,
+                specializations=("reasoning", "math"),
+            ),
         ),
         hosts=HOSTS,
     )
@@ -130,7 +140,7 @@ async def test_prompt_carries_inventory_and_thread(router, openai_double: OpenAI
     assert "local on h1,h2" in coder and "83% of 12 votes" in coder and "2026-11-27" in coder
     assert "88/61/-/-/55" in coder  # scores per query type
     deepseek = next(line for line in prompt.splitlines() if line.startswith("- deepseek-r1:14b"))
-    assert "download 9GB" in deepseek and "no votes" in deepseek and "never" in deepseek
+    assert "| download needed | 9GB |" in deepseek and "no votes" in deepseek and "never" in deepseek
     assert "10.1.2.3" not in prompt  # host addresses stay private
     assert "[user] Write a Python function that parses ISO dates." in prompt
     assert "x" * 300 not in prompt  # long turns are clipped
@@ -271,3 +281,8 @@ async def test_key_never_reaches_logs_or_errors(router, openai_double: OpenAIDou
     assert KEY not in logged and KEY[8:] not in logged
     assert KEY not in str(exc)
     assert KEY not in Decision.model_dump_json(result.decision)
+
+
+async def test_a_blank_key_counts_as_no_key(make_settings) -> None:
+    mr = MetaRouter(make_settings(meta_router_enabled=True, openai_api_key="  "))
+    assert not mr.available

@@ -107,7 +107,9 @@ class Reply:
     @classmethod
     def rate_limited(cls, retry_after: str | None = "1") -> Reply:
         headers = {"Retry-After": retry_after} if retry_after is not None else {}
-        return cls.http_error(429, "Rate limit reached for gpt-4o-mini", "rate_limit_exceeded", headers=headers)
+        return cls.http_error(
+            429, "Rate limit reached for gpt-4o-mini", "rate_limit_exceeded", headers=headers
+        )
 
     @classmethod
     def server_error(cls, status: int = 500) -> Reply:
@@ -258,7 +260,11 @@ class OpenAIDouble:
         if rf is None:
             return "request carries no response_format" if self.require_structured else None
         js = rf.get("json_schema") if isinstance(rf, dict) else None
-        if rf.get("type") != "json_schema" or not isinstance(js, dict) or not isinstance(js.get("schema"), dict):
+        if (
+            rf.get("type") != "json_schema"
+            or not isinstance(js, dict)
+            or not isinstance(js.get("schema"), dict)
+        ):
             return "response_format must be json_schema with a schema"
         if js.get("strict") is not True:
             return "json_schema.strict must be true"

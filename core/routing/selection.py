@@ -1,0 +1,155 @@
+"""Which model answers: every router's last step, from a query type and a complexity to a model name.
+
+Each model in the inventory gets one score; the highest wins and the next few are the alternatives.
+
+    quality      catalog score for the query type (0-100, neutral 50 when uncatalogued), pulled towards
+                 the model's observed success rate. The pull is Bayesian: the catalog counts as
+                 PRIOR_VOTES votes, so three thumbs-down cannot bury a model the benchmarks rate well.
+    match        share of the needed specialisations (and the query type itself) the model lists
+    size         how well the parameter count suits the complexity: small is fine for simple questions
+                 (and faster), complex ones want a larger model
+    availability a model that is not pulled yet pays a penalty, large for simple questions; only a much
+                 better model on a hard question is worth a download
+    loaded       a model already in memory answers without a load pause
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from core.errors import RoutingError
+from core.types import Complexity, Inventory, ModelInfo, normalise_model_name
+
+NEUTRAL_SCORE = 50.0
+PRIOR_VOTES = 20.0
+W_MATCH = 0.15
+W_SIZE = 0.10
+W_LOADED = 0.02
+DOWNLOAD_PENALTY: dict[str, float] = {"simple": 0.5, "moderate": 0.2, "complex": 0.1}
+# parameter count (billions) each complexity is best served by, and how far off still fits (log scale)
+IDEAL_PARAMS_B: dict[str, float] = {"simple": 3.0, "moderate": 7.0, "complex": 14.0}
+SIZE_TOLERANCE = 1.0
+MAX_ALTERNATIVES = 3
+
+# the catalog's words for a task, by the names a router uses
+_SYNONYMS: dict[str, tuple[str, ...]] = {
+    "coding": ("coding", "code", "programming", "code-completion"),
+    "math": ("math", "mathematics"),
+    "creative": ("creative", "writing", "storytelling", "poetry"),
+    "reasoning": ("reasoning", "logic", "step-by-step"),
+    "general": ("general", "chat"),
+    "poetry": ("poetry", "creative", "writing"),
+    "storytelling": ("storytelling", "creative", "writing"),
+    "proofs": ("proofs", "step-by-step", "math"),
+    "word-problems": ("word-problems", "math"),
+    "probability-statistics": ("probability-statistics", "statistics", "math"),
+    "puzzles": ("puzzles", "logic", "reasoning"),
+    "translation": ("translation", "multilingual"),
+}
+
+
+@dataclass(frozen=True)
+class Selection:
+    model: str
+    alternatives: list[str]
+    download_needed: bool
+    reasoning: str
+
+
+@dataclass(frozen=True)
+class _Scored:
+    model: ModelInfo
+    score: float
+    quality: float
+    matched: tuple[str, ...]
+
+
+def select_model(
+    query_type: str,
+    complexity: Complexity,
+    inventory: Inventory,
+    *,
+    exclude: Iterable[str] = (),
+    specializations: Sequence[str] = (),
+) -> Selection:
+    """The best model for the task, with up to MAX_ALTERNATIVES others, best first.
+
+    Raises RoutingError when the inventory (less `exclude`) has no model at all.
+    """
+    excluded = {normalise_model_name(n) for n in exclude}
+    candidates = [m for m in inventory.models if m.name not in excluded]
+    if not candidates:
+        raise RoutingError("no model to choose from" + (" after exclusions" if excluded else ""))
+    needed = tuple(dict.fromkeys([query_type, *specializations]))
+    ranked = sorted(
+        (_score(m, query_type, complexity, needed) for m in candidates),
+        key=lambda s: (-s.score, s.model.name),  # name breaks ties, so the same input gives the same answer
+    )
+    best = ranked[0]
+    return Selection(
+        model=best.model.name,
+        alternatives=[s.model.name for s in ranked[1 : 1 + MAX_ALTERNATIVES]],
+        download_needed=not best.model.local,
+        reasoning=_explain(best, query_type, complexity),
+    )
+
+
+def _score(m: ModelInfo, query_type: str, complexity: str, needed: tuple[str, ...]) -> _Scored:
+    quality = _quality(m, query_type)
+    offered = {s.lower() for s in m.specializations}
+    matched = tuple(n for n in needed if offered & set(_SYNONYMS.get(n, (n,))))
+    match = len(matched) / len(needed)
+    score = quality + W_MATCH * match + W_SIZE * _size_fit(m, complexity)
+    if not m.local:
+        score -= DOWNLOAD_PENALTY[complexity]
+    elif m.loaded_on:
+        score += W_LOADED
+    return _Scored(m, score, quality, matched)
+
+
+def _quality(m: ModelInfo, query_type: str) -> float:
+    """Catalog score (0-1) smoothed towards the observed success rate for this task, if rated."""
+    prior = m.scores.get(query_type, NEUTRAL_SCORE) / 100.0
+    s = m.stats
+    positive, total = s.by_type.get(query_type, (0, 0))
+    if total == 0 and s.satisfaction is not None and s.feedback_count > 0:
+        positive, total = s.satisfaction * s.feedback_count, s.feedback_count
+    return (positive + PRIOR_VOTES * prior) / (total + PRIOR_VOTES)
+
+
+def _params_b(m: ModelInfo) -> float | None:
+    if m.parameters_b:
+        return m.parameters_b
+    if m.size_gb:
+        return m.size_gb * 1.6  # 4-bit quantised downloads hold roughly 1.6B parameters per GB
+    return None
+
+
+def _size_fit(m: ModelInfo, complexity: str) -> float:
+    params = _params_b(m)
+    if params is None:
+        return 0.5
+    ideal = IDEAL_PARAMS_B[complexity]
+    if complexity == "complex" and params > ideal:
+        return 1.0  # bigger never hurts a hard question's answer, only its speed
+    if complexity == "simple" and params < ideal:
+        return 1.0
+    distance = math.log(params / ideal)
+    return math.exp(-(distance**2) / (2 * SIZE_TOLERANCE**2))
+
+
+def _explain(best: _Scored, query_type: str, complexity: str) -> str:
+    m = best.model
+    where = "is local" if m.local else "needs a download"
+    size = f"{_params_b(m):.0f}B" if _params_b(m) else "unknown size"
+    matched = [s for s in best.matched if s != query_type]
+    fits = f", covers {', '.join(matched)}" if matched else ""
+    rated = f", rated {m.stats.satisfaction:.0%} by users" if m.stats.satisfaction is not None else ""
+    catalog = (
+        f"{m.scores.get(query_type, NEUTRAL_SCORE):.0f}/100 for {query_type}"
+        if m.catalogued
+        else "uncatalogued"
+    )
+    return f"{m.name} {where} ({size}, {catalog}{fits}{rated}) and suits a {complexity} question."
