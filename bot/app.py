@@ -24,8 +24,11 @@ class App:
     service: ChatService
     store: Store | None
     local_router: LocalRouter
+    meta: MetaRouter | None = None
 
     async def close(self) -> None:
+        if self.meta is not None:
+            await self.meta.aclose()
         if self.store is not None:
             await self.store.close()
 
@@ -48,4 +51,4 @@ async def build_app(settings: Settings, *, use_cache: bool = True, database: boo
     chain = RoutingChain(settings, local=local, meta=meta, cache=cache, ledger=store or MemoryLedger())
     generator = Generator(settings, inventory, store_events=store.record_model_event if store else None)
     service = ChatService(settings, inventory=inventory, chain=chain, generator=generator, store=store)
-    return App(settings=settings, service=service, store=store, local_router=local)
+    return App(settings=settings, service=service, store=store, local_router=local, meta=meta)

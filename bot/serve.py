@@ -20,6 +20,13 @@ DRAIN_S = 25.0
 
 async def serve(settings: Settings) -> int:
     app = await build_app(settings)
+    if app.store is not None:
+        # Answers a previous run left streaming will never finish: say so rather than leave them open.
+        # (With several replicas this needs the owner's liveness too: the reliability issue.)
+        left = await app.store.unfinished_answers()
+        if left:
+            await app.store.mark_incomplete(a.answer_id for a in left)
+            log.warning("%d answers interrupted by the last shutdown were marked incomplete", len(left))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -62,12 +62,12 @@ class ChatService:
             await reply.finish(answer)
             return answer
 
-        request_id = await self._record_request(msg, decision)
-        if request_id is False:
+        request_id, duplicate = await self._record_request(msg, decision)
+        if duplicate:
             log.info("duplicate delivery %s ignored", msg.event_key)
             return None
         await reply.status(f"Routing… {decision.recommended_model} chosen")
-        return await self._generate(msg, decision, reply, request_id or None)
+        return await self._generate(msg, decision, reply, request_id)
 
     async def _generate(
         self, msg: IncomingMessage, decision: Decision, reply: Reply, request_id: int | None
@@ -82,7 +82,7 @@ class ChatService:
             async for event in self.generator.stream(decision, turns):
                 match event:
                     case Queued(position=pos):
-                        await reply.status(f"Waiting for the model server: {pos} ahead of you…")
+                        await reply.status(f"Waiting for the model server (position {pos} in the queue)…")
                     case Pulling(model=model, percent=pct, status=st):
                         shown = f"{pct:.0f}%" if pct is not None else st
                         await reply.status(f"Pulling {model} {shown}")
@@ -165,14 +165,14 @@ class ChatService:
             await self._safe(self.store.set_feedback(answer_id, user_id, rating, reaction))
             self.inventory.invalidate()
 
-    async def _record_request(self, msg: IncomingMessage, decision: Decision) -> int | bool | None:
-        """The request id; False for a duplicate delivery; None when storage is unavailable."""
+    async def _record_request(self, msg: IncomingMessage, decision: Decision) -> tuple[int | None, bool]:
+        """(request id or None when storage is unavailable, whether this is a duplicate delivery)."""
         if self.store is None:
-            return None
+            return None, False
         store = self.store
         conv = await self._safe(store.conversation(msg.platform, msg.channel_id, msg.thread_id, msg.workspace_id))
-        rid = await self._safe(
-            store.record_request(
+        try:
+            rid = await store.record_request(
                 platform=msg.platform,
                 channel_id=msg.channel_id,
                 user_id=msg.user_id,
@@ -180,16 +180,15 @@ class ChatService:
                 decision=decision,
                 conversation_id=conv,
                 event_key=msg.event_key,
-            ),
-            failed=-1,
-        )
-        if rid == -1:
-            return None
-        return False if rid is None else rid
+            )
+        except Exception:
+            log.warning("storage unavailable; answering without recording", exc_info=True)
+            return None, False
+        return rid, rid is None
 
-    async def _safe(self, op: Awaitable[T], failed: object = None) -> T | None:
+    async def _safe(self, op: Awaitable[T]) -> T | None:
         try:
             return await op
         except Exception:
             log.warning("storage unavailable; continuing without it", exc_info=True)
-            return failed  # type: ignore[return-value]
+            return None
