@@ -45,6 +45,7 @@ async def serve(settings: Settings) -> int:
             "serving on the terminal console.",
             file=sys.stderr,
         )
+    log.info("serving on the terminal console")
     console = Console(app.service)
     task = asyncio.create_task(console.run(stop=stop), name="console")
     stopper = asyncio.create_task(stop.wait(), name="stop")
