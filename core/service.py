@@ -7,7 +7,7 @@ a database hiccup costs a record, never an answer (issue 6 adds buffering so not
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from typing import TypeVar
 
 from core.chat import AnswerStats, FinalAnswer, IncomingMessage, Reply
@@ -17,7 +17,7 @@ from core.generation import Done, Fallback, Generator, Pulling, Queued, Started,
 from core.inventory import InventoryService
 from core.routing.chain import RoutingChain
 from core.store import Store
-from core.types import Decision, Inventory, RouteRequest, Turn
+from core.types import Decision, Inventory, RouteRequest, Turn, normalise_model_name
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -49,8 +49,28 @@ class ChatService:
     async def models(self) -> Inventory:
         return await self.inventory.snapshot(refresh=True)
 
-    async def handle(self, msg: IncomingMessage, reply: Reply) -> FinalAnswer | None:
-        """Answer one message through `reply`. Returns None when the message was already handled."""
+    async def pull(self, model: str) -> AsyncIterator[Pulling]:
+        """An admin's pull, with progress. Admin checks are the adapter's: only it knows who asks."""
+        async for progress in self.generator.pull(model):
+            yield progress
+        self.inventory.invalidate()
+
+    async def remove(self, model: str) -> list[str]:
+        """Removes a model from every host that has it; returns those hosts."""
+        hosts = await self.generator.remove(model)
+        self.inventory.invalidate()
+        return hosts
+
+    async def handle(
+        self, msg: IncomingMessage, reply: Reply, *, model: str | None = None
+    ) -> FinalAnswer | None:
+        """Answer one message through `reply`. Returns None when the message was already handled.
+
+        `model` re-runs the question on a model the user picked (the "try another model" buttons).
+        """
+        if msg.event_key is not None and not await self._claim(msg.event_key):
+            log.info("duplicate delivery %s ignored", msg.event_key)
+            return None
         await reply.status("Routing…")
         req = RouteRequest(
             query=msg.text, history=msg.history, channel_id=msg.channel_id, local_only=msg.local_only
@@ -61,11 +81,10 @@ class ChatService:
             answer = FinalAnswer(text="", decision=None, error=exc.user_message)
             await reply.finish(answer)
             return answer
+        if model is not None and normalise_model_name(model) != decision.recommended_model:
+            decision = _user_choice(decision, normalise_model_name(model))
 
-        request_id, duplicate = await self._record_request(msg, decision)
-        if duplicate:
-            log.info("duplicate delivery %s ignored", msg.event_key)
-            return None
+        request_id = await self._record_request(msg, decision)
         await reply.status(f"Routing… {decision.recommended_model} chosen")
         return await self._generate(msg, decision, reply, request_id)
 
@@ -165,26 +184,31 @@ class ChatService:
             await self._safe(self.store.set_feedback(answer_id, user_id, rating, reaction))
             self.inventory.invalidate()
 
-    async def _record_request(self, msg: IncomingMessage, decision: Decision) -> tuple[int | None, bool]:
-        """(request id or None when storage is unavailable, whether this is a duplicate delivery)."""
+    async def _claim(self, key: str) -> bool:
         if self.store is None:
-            return None, False
+            return True
+        try:
+            return await self.store.claim_event(key)
+        except Exception:
+            # Without the database a redelivery may be answered twice; silence would be worse.
+            log.warning("storage unavailable; cannot deduplicate %s", key, exc_info=True)
+            return True
+
+    async def _record_request(self, msg: IncomingMessage, decision: Decision) -> int | None:
+        if self.store is None:
+            return None
         store = self.store
         conv = await self._safe(store.conversation(msg.platform, msg.channel_id, msg.thread_id, msg.workspace_id))
-        try:
-            rid = await store.record_request(
+        return await self._safe(
+            store.record_request(
                 platform=msg.platform,
                 channel_id=msg.channel_id,
                 user_id=msg.user_id,
                 query=msg.text,
                 decision=decision,
                 conversation_id=conv,
-                event_key=msg.event_key,
             )
-        except Exception:
-            log.warning("storage unavailable; answering without recording", exc_info=True)
-            return None, False
-        return rid, rid is None
+        )
 
     async def _safe(self, op: Awaitable[T]) -> T | None:
         try:
@@ -192,3 +216,16 @@ class ChatService:
         except Exception:
             log.warning("storage unavailable; continuing without it", exc_info=True)
             return None
+
+
+def _user_choice(decision: Decision, model: str) -> Decision:
+    """The router's decision overridden by the person asking; kept as such for learning."""
+    others = [m for m in [decision.recommended_model, *decision.alternatives] if m != model]
+    return decision.model_copy(
+        update={
+            "recommended_model": model,
+            "alternatives": others[:3],
+            "reasoning": f"Re-run on {model} at the user's request (router chose {decision.recommended_model}).",
+            "download_if_needed": True,
+        }
+    )

@@ -381,6 +381,10 @@ class LocalRouter:
         model = TrainedModel.load(Path(path) if path is not None else DEFAULT_ARTIFACT)
         return cls(encoder or MiniLMEncoder.load(), model)
 
+    def clear_cache(self) -> None:
+        """Forget the texts seen so far (benchmarks measure first sight with it)."""
+        self._cache = _LRU(512)
+
     # --- classification --------------------------------------------------------------------------
     def features(self, text: str, max_tokens: int) -> tuple[np.ndarray, int]:
         """Classifier input for one text: its embedding and form features; and its word-piece count."""

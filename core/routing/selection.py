@@ -23,7 +23,7 @@ from core.errors import RoutingError
 from core.types import Complexity, Inventory, ModelInfo, normalise_model_name
 
 NEUTRAL_SCORE = 50.0
-PRIOR_VOTES = 20.0
+PRIOR_VOTES = 30.0
 W_MATCH = 0.15
 W_SIZE = 0.10
 W_LOADED = 0.02

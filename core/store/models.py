@@ -100,8 +100,6 @@ class Request(Base):
     confidence: Mapped[float] = mapped_column(Float)
     decision_ms: Mapped[float] = mapped_column(Float)
     cost_usd: Mapped[float] = mapped_column(Float)
-    # the platform's event id: a redelivered event must not be recorded twice
-    event_key: Mapped[str | None] = mapped_column(String, unique=True)
 
 
 class Answer(Base):
@@ -150,6 +148,16 @@ class Feedback(Base):
     reaction: Mapped[str] = mapped_column(String)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class EventClaim(Base):
+    """A platform delivery id taken by the first process that saw it: redeliveries (Slack retries,
+    a gateway replay, another replica) find it here and are not answered twice."""
+
+    __tablename__ = "event_claims"
+
+    key: Mapped[str] = mapped_column(String, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
 class RouterCall(Base):

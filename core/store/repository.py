@@ -26,6 +26,7 @@ from core.store.models import (
     Answer,
     AnswerMessage,
     Conversation,
+    EventClaim,
     Feedback,
     ModelEvent,
     Request,
@@ -140,9 +141,7 @@ class Store:
         query: str,
         decision: Decision,
         conversation_id: int | None = None,
-        event_key: str | None = None,
-    ) -> int | None:
-        """The new request's id, or None when `event_key` was recorded before (a redelivery)."""
+    ) -> int:
         stmt = (
             self._insert(Request)
             .values(
@@ -162,13 +161,22 @@ class Store:
                 confidence=decision.confidence,
                 decision_ms=decision.decision_ms,
                 cost_usd=decision.cost_usd,
-                event_key=event_key,
             )
-            .on_conflict_do_nothing(index_elements=["event_key"])
             .returning(Request.id)
         )
         async with self._tx() as s:
-            return (await s.execute(stmt)).scalar_one_or_none()
+            return (await s.execute(stmt)).scalar_one()
+
+    async def claim_event(self, key: str) -> bool:
+        """True for the first claim of a delivery id, False for every later one, across processes."""
+        stmt = (
+            self._insert(EventClaim)
+            .values(key=key, created_at=utcnow())
+            .on_conflict_do_nothing(index_elements=["key"])
+            .returning(EventClaim.key)
+        )
+        async with self._tx() as s:
+            return (await s.execute(stmt)).scalar_one_or_none() is not None
 
     # --- answers --------------------------------------------------------------------------------
 

@@ -49,6 +49,13 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_model_events")),
     )
     op.create_table(
+        "event_claims",
+        sa.Column("key", sa.String(), nullable=False),
+        sa.Column("created_at", UTC_TS, nullable=False),
+        sa.PrimaryKeyConstraint("key", name=op.f("pk_event_claims")),
+    )
+    op.create_index(op.f("ix_event_claims_created_at"), "event_claims", ["created_at"])
+    op.create_table(
         "router_calls",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("router_model", sa.String(), nullable=False),
@@ -78,7 +85,6 @@ def upgrade() -> None:
         sa.Column("confidence", sa.Float(), nullable=False),
         sa.Column("decision_ms", sa.Float(), nullable=False),
         sa.Column("cost_usd", sa.Float(), nullable=False),
-        sa.Column("event_key", sa.String(), nullable=True),
         sa.ForeignKeyConstraint(
             ["conversation_id"],
             ["conversations.id"],
@@ -86,7 +92,6 @@ def upgrade() -> None:
             ondelete="SET NULL",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_requests")),
-        sa.UniqueConstraint("event_key", name=op.f("uq_requests_event_key")),
     )
     op.create_index(op.f("ix_requests_conversation_id"), "requests", ["conversation_id"])
     op.create_index(op.f("ix_requests_created_at"), "requests", ["created_at"])
@@ -171,5 +176,7 @@ def downgrade() -> None:
     op.drop_table("requests")
     op.drop_index(op.f("ix_router_calls_created_at"), table_name="router_calls")
     op.drop_table("router_calls")
+    op.drop_index(op.f("ix_event_claims_created_at"), table_name="event_claims")
+    op.drop_table("event_claims")
     op.drop_table("model_events")
     op.drop_table("conversations")

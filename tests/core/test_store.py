@@ -57,16 +57,13 @@ async def count(store: Store, table: str) -> int:
         return (await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one()
 
 
-async def test_a_redelivered_event_is_recorded_once(store: Store) -> None:
-    kwargs = dict(platform="slack", channel_id="C1", user_id="U1", query="hi", decision=decision())
-    first = await store.record_request(**kwargs, event_key="Ev123")
-    again = await store.record_request(**kwargs, event_key="Ev123")
-    assert first is not None
-    assert again is None
-    # requests without an event id are all distinct
-    assert await store.record_request(**kwargs) is not None
-    assert await store.record_request(**kwargs) is not None
-    assert await count(store, "requests") == 3
+async def test_a_redelivered_event_is_claimed_once(store: Store) -> None:
+    assert await store.claim_event("slack:Ev123") is True
+    assert await store.claim_event("slack:Ev123") is False
+    assert await store.claim_event("slack:Ev124") is True
+    # concurrent deliveries of one event: exactly one wins
+    results = await asyncio.gather(*(store.claim_event("discord:42") for _ in range(5)))
+    assert sorted(results) == [False, False, False, False, True]
 
 
 async def test_the_decision_is_kept_as_the_contract_json(store: Store) -> None:
