@@ -25,6 +25,10 @@ class HttpServer:
         """Adds an endpoint; call before start()."""
         self.app.router.add_route(method, path, handler)
 
+    @property
+    def has_routes(self) -> bool:
+        return bool(self.app.router.routes())
+
     async def start(self) -> None:
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()

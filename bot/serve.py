@@ -6,10 +6,11 @@ import asyncio
 import contextlib
 import logging
 import signal
-import sys
+from typing import Protocol
 
-from bot.app import build_app
+from bot.app import App, build_app
 from bot.console import Console
+from bot.http import HttpServer
 from core.config import Settings
 
 log = logging.getLogger(__name__)
@@ -18,8 +19,34 @@ log = logging.getLogger(__name__)
 DRAIN_S = 25.0
 
 
+class Adapter(Protocol):
+    async def start(self) -> None: ...
+    async def close(self, grace_s: float = ...) -> None: ...
+
+
+def platform_adapters(settings: Settings, app: App, http: HttpServer) -> list[Adapter]:
+    """One adapter per platform whose credentials are set. Built before the HTTP listener starts,
+    because Slack's HTTP mode adds its route to it."""
+    adapters: list[Adapter] = []
+    if settings.slack_bot_token is not None:
+        from bot.slack.app import SlackAdapter
+
+        adapters.append(SlackAdapter(settings, app.service, http))
+    if settings.discord_bot_token is not None:
+        from bot.discord.client import DiscordAdapter
+
+        adapters.append(DiscordAdapter(settings, app.service))
+    return adapters
+
+
 async def serve(settings: Settings) -> int:
     app = await build_app(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
     if app.store is not None:
         # Answers a previous run left streaming will never finish: say so rather than leave them open.
         # (With several replicas this needs the owner's liveness too: the reliability issue.)
@@ -27,27 +54,32 @@ async def serve(settings: Settings) -> int:
         if left:
             await app.store.mark_incomplete(a.answer_id for a in left)
             log.warning("%d answers interrupted by the last shutdown were marked incomplete", len(left))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
 
-    platforms = [
-        name
-        for name, token in (("Slack", settings.slack_bot_token), ("Discord", settings.discord_bot_token))
-        if token is not None
-    ]
-    if platforms:
-        # The platform adapters are separate issues; until they land, say so instead of going silent.
-        print(
-            f"metarouter: {' and '.join(platforms)} support is not in this version yet; "
-            "serving on the terminal console.",
-            file=sys.stderr,
-        )
+    http = HttpServer(settings)
+    adapters = platform_adapters(settings, app, http)
+    started: list[Adapter] = []
+    try:
+        if http.has_routes:
+            await http.start()
+        for adapter in adapters:
+            await adapter.start()
+            started.append(adapter)
+        if adapters:
+            log.info("serving on %d platform(s)", len(adapters))
+            await stop.wait()
+        else:
+            await _console(app, stop)
+    finally:
+        for adapter in started:
+            await adapter.close(grace_s=DRAIN_S)
+        await http.close()
+        await app.close()
+    return 0
+
+
+async def _console(app: App, stop: asyncio.Event) -> None:
     log.info("serving on the terminal console")
-    console = Console(app.service)
-    task = asyncio.create_task(console.run(stop=stop), name="console")
+    task = asyncio.create_task(Console(app.service).run(stop=stop), name="console")
     stopper = asyncio.create_task(stop.wait(), name="stop")
     try:
         await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -59,5 +91,3 @@ async def serve(settings: Settings) -> int:
             task.result()
     finally:
         stopper.cancel()
-        await app.close()
-    return 0

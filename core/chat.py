@@ -27,6 +27,8 @@ class IncomingMessage:
     workspace_id: str | None = None
     # the platform's delivery id (Slack event_id, Discord message id): a redelivery is answered once
     event_key: str | None = None
+    # further ids of the same message (Slack's client_msg_id when one message arrives as two events)
+    extra_keys: tuple[str, ...] = ()
     local_only: bool = False
 
 

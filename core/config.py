@@ -137,12 +137,28 @@ class Settings(BaseSettings):
         None, validation_alias=_env("slack_signing_secret", "SLACK_SIGNING_SECRET")
     )
     slack_api_url: str = Field("https://slack.com/api/", validation_alias=_env("slack_api_url", "SLACK_API_URL"))
+    # Slack: user ids allowed to /models pull and remove; channels the bot answers in (empty: every
+    # channel it is in; DMs always); the least seconds between two edits of a streaming message
+    slack_admin_users: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    slack_allowed_channels: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    slack_update_interval_s: float = Field(1.0, ge=0, le=60)
+    slack_rerun_buttons: bool = True  # "Try <alternative>" buttons under each answer
     discord_bot_token: SecretStr | None = Field(
         None, validation_alias=_env("discord_bot_token", "DISCORD_BOT_TOKEN")
     )
     discord_api_url: str = Field(
         "https://discord.com/api/v10", validation_alias=_env("discord_api_url", "DISCORD_API_URL")
     )
+    # Discord: who may /models pull and remove (user or role ids), guilds that get the slash commands at
+    # once (else they are synced globally, which Discord takes up to an hour to show), and whether a
+    # mention in a channel opens a thread for the answer
+    discord_admin_user_ids: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    discord_admin_role_ids: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    discord_guild_ids: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    discord_thread_per_mention: bool = False
+    discord_history_limit: int = Field(30, ge=0, le=100)  # earlier messages read for the conversation
+    # least time between two edits of a streaming answer, per message and per channel
+    discord_edit_interval_s: float = Field(1.5, ge=0.1, le=30)
     reactions: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_REACTIONS))
 
     log_level: str = Field("WARNING", pattern="^(?i)(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
@@ -156,6 +172,20 @@ class Settings(BaseSettings):
     def _split_hosts(cls, v: Any) -> Any:
         if isinstance(v, str):
             return [h.strip() for h in v.split(",") if h.strip()]
+        return v
+
+    @field_validator("discord_admin_user_ids", "discord_admin_role_ids", "discord_guild_ids", mode="before")
+    @classmethod
+    def _split_ids(cls, v: Any) -> Any:
+        if isinstance(v, str | int):
+            return [i.strip() for i in str(v).split(",") if i.strip()]
+        return [str(i) for i in v] if isinstance(v, list) else v
+
+    @field_validator("slack_admin_users", "slack_allowed_channels", mode="before")
+    @classmethod
+    def _split_slack_ids(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [i.strip() for i in v.split(",") if i.strip()]
         return v
 
     @field_validator("ollama_host", "openai_base_url", "slack_api_url", "discord_api_url")

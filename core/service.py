@@ -68,9 +68,10 @@ class ChatService:
 
         `model` re-runs the question on a model the user picked (the "try another model" buttons).
         """
-        if msg.event_key is not None and not await self._claim(msg.event_key):
-            log.info("duplicate delivery %s ignored", msg.event_key)
-            return None
+        for key in (msg.event_key, *msg.extra_keys):
+            if key is not None and not await self._claim(key):
+                log.info("duplicate delivery %s ignored", key)
+                return None
         await reply.status("Routing…")
         req = RouteRequest(
             query=msg.text, history=msg.history, channel_id=msg.channel_id, local_only=msg.local_only
@@ -183,6 +184,12 @@ class ChatService:
         if self.store is not None:
             await self._safe(self.store.set_feedback(answer_id, user_id, rating, reaction))
             self.inventory.invalidate()
+
+    async def decision_for_answer(self, answer_id: int) -> Decision | None:
+        """The decision behind an earlier answer; None when it is unknown or the database is down."""
+        if self.store is None:
+            return None
+        return await self._safe(self.store.answer_decision(answer_id))
 
     async def _claim(self, key: str) -> bool:
         if self.store is None:

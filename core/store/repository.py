@@ -7,6 +7,8 @@ degrade (answer without recording) instead of crashing.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -72,6 +74,10 @@ class Store:
         self._sessions = session_factory(engine)
         # both dialects spell ON CONFLICT the same way; only the import differs
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        # SQLite has one writer at a time; concurrent transactions from one process would otherwise
+        # queue on its file lock with busy-wait retries (seconds under a burst of mentions), so they
+        # queue here instead, in order and without polling.
+        self._serial = asyncio.Lock() if engine.dialect.name == "sqlite" else contextlib.nullcontext()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
@@ -83,7 +89,7 @@ class Store:
     @asynccontextmanager
     async def _tx(self) -> AsyncIterator[AsyncSession]:
         try:
-            async with self._sessions.begin() as session:
+            async with self._serial, self._sessions.begin() as session:
                 yield session
         except (OperationalError, InterfaceError, OSError) as exc:
             # the type only: driver messages can quote the URL, and the URL can hold a password
@@ -243,6 +249,14 @@ class Store:
                     AnswerMessage.message_id == message_id,
                 )
             )
+
+    async def answer_decision(self, answer_id: int) -> Decision | None:
+        """The routing decision an answer was generated under (the Discord buttons read it back)."""
+        async with self._tx() as s:
+            stored = await s.scalar(
+                select(Request.decision).join(Answer, Answer.request_id == Request.id).where(Answer.id == answer_id)
+            )
+        return Decision.model_validate(stored) if stored is not None else None
 
     async def unfinished_answers(self) -> list[UnfinishedAnswer]:
         async with self._tx() as s:

@@ -199,3 +199,32 @@ async def test_serve_exits_0_on_sigterm_when_idle(cli_env) -> None:
     code = await asyncio.wait_for(proc.wait(), 15)
     assert code == 0
     assert time.monotonic() - started < 15
+
+
+async def test_serve_answers_slack_and_stops_cleanly_on_sigterm(cli_env, slack_double, ollama_double) -> None:
+    ollama_double.add_model("llama3.2:3b", size_gb=2.0)
+    ollama_double.reply = "Hello from a local model."
+    env = {
+        **cli_env,
+        "OLLAMA_HOST": ollama_double.url,
+        "SLACK_BOT_TOKEN": "xoxb-test-token",
+        "SLACK_APP_TOKEN": "xapp-test-token",
+        "SLACK_API_URL": slack_double.api_url,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot.cli", "serve", env=env, cwd=ROOT,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        await slack_double.wait_for_socket(within=60)
+        event = slack_double.mention("C1", "U1", "<@UBOT> say hello")
+        await slack_double.deliver(event)
+        ts = event["event"]["ts"]
+        deadline = time.monotonic() + 30
+        while slack_double.answer("C1", ts) != "Hello from a local model.":
+            assert time.monotonic() < deadline, slack_double.thread("C1", ts)
+            await asyncio.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(proc.wait(), 30)
+    assert code == 0
