@@ -157,7 +157,6 @@ class DiscordDouble:
     _log: list[dict[str, Any]] = field(default_factory=list)
     _intents: int = 0
     _replay_from: int | None = None
-    _connected: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         self.app_id = snowflake()
@@ -485,7 +484,6 @@ class DiscordDouble:
     async def reconnect(self) -> None:
         """Opcode 7: the client must reconnect to resume_gateway_url and RESUME."""
         ws, self._ws = self._ws, None
-        self._connected.clear()
         if ws is not None:
             await ws.send_str(json.dumps({"op": 7, "d": None, "s": None, "t": None}))
 
@@ -497,9 +495,6 @@ class DiscordDouble:
     @property
     def seq(self) -> int:
         return self._seq
-
-    async def connected(self, within: float = 5.0) -> None:
-        await asyncio.wait_for(self._connected.wait(), within)
 
     # --- gateway --------------------------------------------------------------------------------
     async def dispatch(self, event: str, data: dict[str, Any]) -> None:
@@ -539,7 +534,6 @@ class DiscordDouble:
             self._sockets.discard(ws)
             if self._ws is ws:
                 self._ws = None
-                self._connected.clear()
         return ws
 
     async def _identify(self, ws: web.WebSocketResponse, d: dict[str, Any]) -> None:
@@ -565,7 +559,6 @@ class DiscordDouble:
             },
         )
         await self.dispatch("GUILD_CREATE", self._guild_create())
-        self._connected.set()
 
     async def _resume(self, ws: web.WebSocketResponse, d: dict[str, Any]) -> None:
         if d.get("token") != self.token or d.get("session_id") != self._session_id:
@@ -579,7 +572,6 @@ class DiscordDouble:
         for payload in [p for p in self._log if p["s"] >= start]:
             await ws.send_str(json.dumps(payload))
         await self.dispatch("RESUMED", {})
-        self._connected.set()
 
     # --- REST plumbing --------------------------------------------------------------------------
     @web.middleware
@@ -772,11 +764,8 @@ class DiscordDouble:
         self.commands[guild] = synced
         return _json(synced)
 
-    def _channel_or_404(self, channel_id: str) -> dict[str, Any] | None:
-        return self.channels.get(channel_id)
-
     async def _get_channel(self, request: web.Request) -> web.Response:
-        channel = self._channel_or_404(request.match_info["channel"])
+        channel = self.channels.get(request.match_info["channel"])
         if channel is None:
             return _json({"message": "Unknown Channel", "code": 10003}, 404)
         return _json(channel)

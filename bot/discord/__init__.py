@@ -1,0 +1,1 @@
+"""The Discord adapter (issue 4): see client.py."""
