@@ -60,6 +60,9 @@ async def run(mentions: int, channels: int, words: int, limit: bool) -> dict[str
             openai_base_url=router.base_url,
             use_local_for_simple_queries=False,
             cache_decisions=False,
+            # a load test, not an abuse test: the per-user and per-channel limits would shape it
+            user_rate_per_minute=0,
+            channel_rate_per_minute=0,
             per_host_concurrency=mentions,  # the instant model server is not the bottleneck under test
             discord_bot_token=double.token,
             discord_api_url=double.api_url,

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import json
 import os
 import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,13 +29,11 @@ sys.path.insert(0, str(ROOT))
 COLD_SNIPPET = """
 import json, resource, time
 t0 = time.perf_counter()
-from core.routing.embedding import MiniLMEncoder
+from core.routing.local import DEFAULT_ARTIFACT, LocalRouter, MiniLMEncoder, TrainedModel
 t1 = time.perf_counter()
-enc = MiniLMEncoder.load()
+encoder = MiniLMEncoder.load()
 t2 = time.perf_counter()
-from core.routing.local import LocalRouter
-from core.routing.local import TrainedModel, DEFAULT_ARTIFACT
-router = LocalRouter(enc, TrainedModel.load(DEFAULT_ARTIFACT))
+router = LocalRouter(encoder, TrainedModel.load(DEFAULT_ARTIFACT))
 t3 = time.perf_counter()
 router.classify("How do I reverse a linked list in Python?")
 t4 = time.perf_counter()
@@ -101,84 +101,118 @@ def cli_route(runs: int) -> list[dict] | str:
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         t0 = time.perf_counter()
         proc = subprocess.run(
-            [str(exe), "route", "--json", "Write a haiku about the sea"], capture_output=True, text=True, env=env
+            [str(exe), "route", "--json", "Write a haiku about the sea"],
+            capture_output=True,
+            text=True,
+            env=env,
         )
         wall = time.perf_counter() - t0
         after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         if proc.returncode != 0:
             return f"`metarouter route` exited {proc.returncode}: {proc.stderr.strip()[-300:]}"
         # ru_maxrss of children is the largest child so far; this child dominates when it grew it
-        out.append({"wall_s": wall, "peak_rss_mb": max(after, before) / 1024, "source": json.loads(proc.stdout)["source"]})
+        out.append(
+            {
+                "wall_s": wall,
+                "peak_rss_mb": max(after, before) / 1024,
+                "source": json.loads(proc.stdout)["source"],
+            }
+        )
     return out
 
 
-async def warm(dev_dir: Path, repeat: int) -> dict[str, dict[str, float]]:
+async def warm(
+    dev_dir: Path, repeat: int, blas_threads: int | None
+) -> dict[str, tuple[dict[str, float], dict[str, float]]]:
     from core.routing.local import LocalRouter
     from core.types import RouteRequest, Turn
 
-    singles = [json.loads(line)["query"] for line in (dev_dir / "routing_dev.jsonl").read_text().splitlines() if line]
+    singles = [
+        json.loads(line)["query"] for line in (dev_dir / "routing_dev.jsonl").read_text().splitlines() if line
+    ]
     threads = []
     for line in (dev_dir / "routing_dev_threads.jsonl").read_text().splitlines():
         if line:
             r = json.loads(line)
-            threads.append((r["query"], tuple(Turn(role=t["role"], content=t["content"]) for t in r["history"])))
+            threads.append(
+                (r["query"], tuple(Turn(role=t["role"], content=t["content"]) for t in r["history"]))
+            )
     # more thread shapes: each single query as the start of a thread, then a short follow-up
-    follow_ups = ["why?", "can you explain that step by step?", "make it shorter", "and what about the edge cases?"]
+    follow_ups = [
+        "why?",
+        "can you explain that step by step?",
+        "make it shorter",
+        "and what about the edge cases?",
+    ]
     synthetic = [
-        (follow_ups[i % len(follow_ups)], (Turn(role="user", content=q), Turn(role="assistant", content=q[::-1])))
+        (
+            follow_ups[i % len(follow_ups)],
+            (Turn(role="user", content=q), Turn(role="assistant", content=q[::-1])),
+        )
         for i, q in enumerate(singles[:200])
     ]
     inv = inventory()
-    router = LocalRouter.load()
+    router = LocalRouter.load(blas_threads=blas_threads)
     for q in singles[:20]:  # warm-up: first calls pay for lazy allocations
         router.decide_sync(RouteRequest(query=q), inv)
     router.clear_cache()
 
-    results: dict[str, list[float]] = {
-        "single, decide (thread hop)": [],
-        "single, decide_sync (inline)": [],
-        "thread, history first seen": [],
-        "thread, history cached": [],
-    }
+    wall: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
+
+    async def measure(case: str, call: Callable[[], object]) -> None:
+        # process CPU time counts BLAS worker threads too; wall time also counts waiting for a core
+        t, c = time.perf_counter(), time.process_time()
+        result = call()
+        if inspect.isawaitable(result):
+            await result
+        wall.setdefault(case, []).append((time.perf_counter() - t) * 1000)
+        cpu.setdefault(case, []).append((time.process_time() - c) * 1000)
+
     for _ in range(repeat):
         for q in singles:
             req = RouteRequest(query=q)
-            t = time.perf_counter()
-            await router.decide(req, inv)
-            results["single, decide (thread hop)"].append((time.perf_counter() - t) * 1000)
             router.clear_cache()  # every query is new to the router
-            t = time.perf_counter()
-            router.decide_sync(req, inv)
-            results["single, decide_sync (inline)"].append((time.perf_counter() - t) * 1000)
+            await measure("single, decide (thread hop)", lambda req=req: router.decide(req, inv))
             router.clear_cache()
+            await measure("single, decide_sync (inline)", lambda req=req: router.decide_sync(req, inv))
         for q, history in threads + synthetic:
             req = RouteRequest(query=q, history=history)
             router.clear_cache()
-            t = time.perf_counter()
-            await router.decide(req, inv)
-            results["thread, history first seen"].append((time.perf_counter() - t) * 1000)
+            await measure("thread, history first seen", lambda req=req: router.decide(req, inv))
             # the follow-up itself new, its thread already seen (the bot's normal case)
-            req2 = RouteRequest(query=q + " please", history=history)
-            t = time.perf_counter()
-            await router.decide(req2, inv)
-            results["thread, history cached"].append((time.perf_counter() - t) * 1000)
-    return {name: percentiles(v) for name, v in results.items()}
+            again = RouteRequest(query=q + " please", history=history)
+            await measure("thread, history cached", lambda req=again: router.decide(req, inv))
+    return {case: (percentiles(wall[case]), percentiles(cpu[case])) for case in wall}
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--dev-dir", type=Path, default=Path("/work/shared/data"))
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--cold-runs", type=int, default=3)
+    parser.add_argument(
+        "--blas-threads", type=int, default=1, help="BLAS pool for the warm runs (0: the library's default)"
+    )
     args = parser.parse_args()
 
     load1 = os.getloadavg()[0]
-    warm_results = asyncio.run(warm(args.dev_dir, args.repeat))
-    print(f"## Local router latency (warm; {os.cpu_count()} CPUs, load average {load1:.2f} at start)\n")
-    print("| case | n | p50 ms | p90 ms | p99 ms | max ms |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    for name, r in warm_results.items():
-        print(f"| {name} | {r['n']} | {r['p50']:.1f} | {r['p90']:.1f} | {r['p99']:.1f} | {r['max']:.1f} |")
+    warm_results = asyncio.run(warm(args.dev_dir, args.repeat, args.blas_threads or None))
+    threads = args.blas_threads or "default"
+    print(
+        f"## Local router latency (warm; {os.cpu_count()} CPUs, BLAS threads {threads}, "
+        f"load average {load1:.2f} at start)\n"
+    )
+    print("| case | n | p50 ms | p90 ms | p99 ms | max ms | CPU p50 ms | CPU p99 ms |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name, (w, c) in warm_results.items():
+        print(
+            f"| {name} | {w['n']} | {w['p50']:.1f} | {w['p90']:.1f} | {w['p99']:.1f} | {w['max']:.1f} | "
+            f"{c['p50']:.1f} | {c['p99']:.1f} |"
+        )
+    print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
 
     runs = cold(args.cold_runs)
     print("\n## Cold start (fresh process each run; median of runs)\n")

@@ -47,7 +47,7 @@ def peer_worker() -> None:
     from core.routing.embedding import MiniLMEncoder
 
     job = json.load(sys.stdin)
-    minilm = MiniLMEncoder.load()
+    minilm = MiniLMEncoder.load(Path(job["model_dir"]))  # the model package lives in our venv only
 
     class OurMiniLM(DenseEncoder):
         """semantic-router's encoder seam around our numpy all-MiniLM-L6-v2."""
@@ -80,16 +80,24 @@ def peer_worker() -> None:
             "version": semantic_router.__version__,
             "predictions": predictions,
             "index_s": built,
-            "per_query_ms": (time.perf_counter() - started) * 1000 / max(sum(map(len, job["queries"].values())), 1),
+            "per_query_ms": (time.perf_counter() - started)
+            * 1000
+            / max(sum(map(len, job["queries"].values())), 1),
             "dims": int(np.asarray(router.encoder(["x"])).shape[1]),
         },
         sys.stdout,
     )
 
 
-def run_peer(python: str, utterances: dict[str, list[str]], queries: dict[str, list[str]], top_k: int) -> dict:
+def run_peer(
+    python: str, utterances: dict[str, list[str]], queries: dict[str, list[str]], top_k: int
+) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    job = json.dumps({"utterances": utterances, "queries": queries, "top_k": top_k})
+    from core.routing.embedding import default_model_dir
+
+    job = json.dumps(
+        {"utterances": utterances, "queries": queries, "top_k": top_k, "model_dir": str(default_model_dir())}
+    )
     proc = subprocess.run(
         [python, __file__, "--peer-worker"], input=job, capture_output=True, text=True, env=env, check=False
     )
@@ -129,9 +137,13 @@ def confusion_table(title: str, y_true: Sequence[str], y_pred: Sequence[str]) ->
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--dev-dir", type=Path, default=Path("/work/shared/data"))
-    parser.add_argument("--peer-python", default=os.environ.get("SEMANTIC_ROUTER_PYTHON", DEFAULT_PEER_PYTHON))
+    parser.add_argument(
+        "--peer-python", default=os.environ.get("SEMANTIC_ROUTER_PYTHON", DEFAULT_PEER_PYTHON)
+    )
     parser.add_argument("--peer-top-k", type=int, default=5, help="semantic-router's top_k (its default)")
     parser.add_argument("--peer-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -146,9 +158,13 @@ def main() -> int:
     from core.routing.training import expected_calibration_error, load_examples
     from core.types import Turn
 
-    singles = [json.loads(line) for line in (args.dev_dir / "routing_dev.jsonl").read_text().splitlines() if line]
+    singles = [
+        json.loads(line) for line in (args.dev_dir / "routing_dev.jsonl").read_text().splitlines() if line
+    ]
     threads = [
-        json.loads(line) for line in (args.dev_dir / "routing_dev_threads.jsonl").read_text().splitlines() if line
+        json.loads(line)
+        for line in (args.dev_dir / "routing_dev_threads.jsonl").read_text().splitlines()
+        if line
     ]
     y_single = [r["label"] for r in singles]
     y_thread = [r["label"] for r in threads]
@@ -189,22 +205,29 @@ def main() -> int:
                 {"single": [r["query"] for r in singles], "thread": [r["query"] for r in threads]},
                 args.peer_top_k,
             )
-            peer_name = f"semantic-router {peer['version']} (IndexedRouter + LocalIndex, top_k={args.peer_top_k})"
+            peer_name = (
+                f"semantic-router {peer['version']} (IndexedRouter + LocalIndex, top_k={args.peer_top_k})"
+            )
             preds[peer_name] = peer["predictions"]
             notes.append(
-                f"{peer_name}: {sum(map(len, by_label.values()))} utterances (our training examples) embedded by "
-                f"our MiniLM encoder ({peer['dims']} dims), index built in {peer['index_s']:.1f} s, "
+                f"{peer_name}: {sum(map(len, by_label.values()))} utterances (our training examples) "
+                f"embedded by our MiniLM encoder ({peer['dims']} dims), index built in "
+                f"{peer['index_s']:.1f} s, "
                 f"{peer['per_query_ms']:.1f} ms per query; threads: the follow-up alone (it has no notion of "
                 "a conversation)."
             )
         except (RuntimeError, OSError, ValueError) as exc:
             notes.append(f"semantic-router peer not run: {exc}")
     else:
-        notes.append(f"semantic-router peer not run: no interpreter at {args.peer_python} (see bench/README.md)")
+        notes.append(
+            f"semantic-router peer not run: no interpreter at {args.peer_python} (see bench/README.md)"
+        )
 
     print(f"## Router quality on the dev set ({len(singles)} single queries, {len(threads)} threads)\n")
-    print("| router | single: accuracy | single: macro-F1 | threads: accuracy | threads: macro-F1 "
-          "| ambiguous follow-ups: acc. | specific follow-ups: acc. |")
+    print(
+        "| router | single: accuracy | single: macro-F1 | threads: accuracy | threads: macro-F1 "
+        "| ambiguous follow-ups: acc. | specific follow-ups: acc. |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, p in preds.items():
         cells = ["–", "–"]
@@ -219,27 +242,24 @@ def main() -> int:
             f"{np.mean(amb):.3f} ({len(amb)}) | {np.mean(spec):.3f} ({len(spec)}) |"
         )
 
-    conf = np.array([c.confidence for c in local_single])
-    correct = np.array([c.query_type == t for c, t in zip(local_single, y_single, strict=True)])
-    conf_t = np.array([c.confidence for c in local_thread])
-    correct_t = np.array([c.query_type == t for c, t in zip(local_thread, y_thread, strict=True)])
-    threshold = 0.9
-    confident = conf >= threshold
     print("\n### Calibration of the local router's confidence\n")
-    print("| set | ECE (10 bins) | mean confidence | accuracy | share with confidence ≥ 0.9 | accuracy there |")
+    print(
+        "| set | ECE (10 bins) | mean confidence | accuracy | share with confidence ≥ 0.9 | accuracy there |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for name, classified, truth in (("single", local_single, y_single), ("threads", local_thread, y_thread)):
+        conf = np.array([c.confidence for c in classified])
+        correct = np.array([c.query_type == t for c, t in zip(classified, truth, strict=True)])
+        sure = conf >= 0.9  # the chain's default local_confidence_threshold
+        sure_acc = f"{correct[sure].mean():.3f}" if sure.any() else "–"
+        print(
+            f"| {name} | {expected_calibration_error(conf, correct):.3f} | {conf.mean():.3f} | "
+            f"{correct.mean():.3f} | {sure.mean():.3f} | {sure_acc} |"
+        )
     print(
-        f"| single | {expected_calibration_error(conf, correct):.3f} | {conf.mean():.3f} | {correct.mean():.3f} | "
-        f"{confident.mean():.3f} | {correct[confident].mean() if confident.any() else float('nan'):.3f} |"
+        f"\n(temperature {local.model.temperature:.3f}; {local.model.info.get('classifier')}; "
+        f"local router: {1000 * local_s / (len(singles) + 2 * len(threads)):.1f} ms per classification here)"
     )
-    confident_t = conf_t >= threshold
-    print(
-        f"| threads | {expected_calibration_error(conf_t, correct_t):.3f} | {conf_t.mean():.3f} | "
-        f"{correct_t.mean():.3f} | {confident_t.mean():.3f} | "
-        f"{correct_t[confident_t].mean() if confident_t.any() else float('nan'):.3f} |"
-    )
-    print(f"\n(temperature {local.model.temperature:.3f}; {local.model.info.get('classifier')}; "
-          f"local router: {1000 * local_s / (len(singles) + 2 * len(threads)):.1f} ms per classification here)")
 
     print("\n### Confusion matrices (single queries)\n")
     for name, p in preds.items():

@@ -49,6 +49,9 @@ async def run(mentions: int, channels: int, mode: str, interval: float, db: str 
             data_dir=Path(data),
             meta_router_enabled=False,
             ollama_host=ollama.url,
+            # a load test, not an abuse test: the per-user and per-channel limits would shape it
+            user_rate_per_minute=0,
+            channel_rate_per_minute=0,
             slack_bot_token="xoxb-bench",
             slack_api_url=slack.api_url,
             slack_update_interval_s=interval,

@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -67,6 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument("--json", action="store_true", help="print the JSON array of CONTRACT.md")
 
+    rep = sub.add_parser(
+        "report",
+        help="the usage report for a period, as text and optionally a PNG chart",
+        description="Requests, models, query types, satisfaction, who decided (meta-router, local, "
+        "cache), fallbacks, decision times, router cost, tokens, pulls and pre-pull hits.",
+    )
+    rep.add_argument(
+        "--since", default="7d", metavar="PERIOD", help="how far back: 30m, 12h, 7d, 2w (default 7d)"
+    )
+    rep.add_argument("--png", metavar="FILE", help="also write the chart to FILE")
+
     db = sub.add_parser("db", help="database maintenance", description="Database maintenance.")
     dbsub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
     dbsub.add_parser("upgrade", help="apply the migrations to DATABASE_URL")
@@ -86,6 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "route" and not args.batch and not args.query:
         print("metarouter route: give a QUERY or --batch FILE", file=sys.stderr)
         return 2
+    if args.command == "report":
+        from core.reports import parse_since
+
+        try:
+            args.since = parse_since(args.since)
+        except ValueError as exc:
+            print(f"metarouter report: --since {exc}", file=sys.stderr)
+            return 2
     try:
         return asyncio.run(_run(args, settings))
     except ConfigError as exc:
@@ -115,6 +135,9 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
 
         return await serve(settings)
 
+    if args.command == "report":
+        return await _report(settings, args.since, args.png)
+
     app = await build_app(settings, use_cache=False)
     try:
         if args.command == "route":
@@ -139,6 +162,28 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         await app.close()
     return 2
+
+
+async def _report(settings: Settings, since: Any, png_path: str | None) -> int:
+    from datetime import UTC, datetime
+
+    from core.reports import build_report, render_png, render_text
+    from core.store import Store, create_engine, upgrade_database
+
+    # the report needs only the database: no Ollama, no routers
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    await upgrade_database(settings.db_url)
+    store = Store(create_engine(settings.db_url))
+    try:
+        report = await build_report(store, datetime.now(UTC) - since)
+    finally:
+        await store.close()
+    print(render_text(report), end="")
+    if png_path:
+        png = await asyncio.to_thread(render_png, report)
+        await asyncio.to_thread(Path(png_path).write_bytes, png)
+        print(f"chart written to {png_path}")
+    return 0
 
 
 async def _route_batch(service: Any, path: str) -> int:
@@ -190,9 +235,38 @@ async def _models(service: Any, *, as_json: bool) -> int:
         sat = "–" if r["satisfaction"] is None else f"{r['satisfaction']:.0%} of {r['feedback_count']}"
         size = f"{r['size_gb']:.1f} GB" if r["size_gb"] is not None else "?"
         print(f"{r['name']:28} {where:9} {size:>7}  {sat:>12}  {r['requests']:>5}  {', '.join(r['specializations'])}")
+    await _forecast_footer(service, inv)
     if inv.hosts_down:
         print(f"\nunreachable Ollama hosts: {', '.join(inv.hosts_down)}", file=sys.stderr)
     return 0
+
+
+async def _forecast_footer(service: Any, inv: Any) -> None:
+    """What the pre-pull job expects next (human form only: `models --json` keeps its contract)."""
+    store = service.store
+    if store is None:
+        return
+    from datetime import UTC, datetime
+
+    from core.forecast import LOOKBACK, forecast
+
+    settings = service.settings
+    now = datetime.now(UTC)
+    try:
+        history = await store.answer_times(now - LOOKBACK)
+    except Exception:
+        return
+    window_h = settings.prepull_window_h
+    expected = forecast(history, now, window_h, halflife_days=settings.forecast_halflife_days)
+    if not expected:
+        return
+    window = f"{window_h:g} h"
+    shown = []
+    for e in expected[:5]:
+        info = inv.get(e.model)
+        where = "local" if info is not None and info.local else "not local"
+        shown.append(f"{e.model} ~{e.requests:.1f} ({where})")
+    print(f"\nforecast, next {window}: " + ", ".join(shown))
 
 
 class _SecretFilter(logging.Filter):

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from core.config import Settings
+from core.metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# a dependency check: names ("database", "ollama http://...", "slack") -> up?
+HealthCheck = Callable[[], Awaitable[dict[str, bool]]]
+CHECK_TIMEOUT_S = 5.0
 
 
 class HttpServer:
@@ -41,3 +46,35 @@ class HttpServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    def ops(self, checks: list[HealthCheck], metrics: Metrics) -> None:
+        """/healthz and /metrics. /healthz is 200 whenever the process serves (the contract): a down
+        dependency makes it "degraded" and is named, it does not make the process unhealthy."""
+
+        async def healthz(_: web.Request) -> web.StreamResponse:
+            results = await asyncio.gather(*(_run_check(c) for c in checks))
+            state = {name: up for r in results for name, up in r.items()}
+            down = sorted(n for n, up in state.items() if not up)
+            body = {
+                "status": "degraded" if down else "ok",
+                "down": down,
+                "checks": {n: "up" if up else "down" for n, up in sorted(state.items())},
+            }
+            return web.json_response(body)
+
+        async def metrics_(_: web.Request) -> web.StreamResponse:
+            body = await metrics.render()
+            return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+        self.route("GET", "/healthz", healthz)
+        self.route("GET", "/metrics", metrics_)
+
+
+async def _run_check(check: HealthCheck) -> dict[str, bool]:
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT_S):
+            return await check()
+    except Exception:
+        log.warning("health check failed", exc_info=True)
+        name = getattr(check, "name", None) or getattr(check, "__name__", "check")
+        return {name: False}

@@ -10,8 +10,10 @@ from typing import Protocol
 
 from bot.app import App, build_app
 from bot.console import Console
-from bot.http import HttpServer
+from bot.http import HealthCheck, HttpServer
 from core.config import Settings
+from core.metrics import Metrics
+from core.scheduling import JobCounters, Scheduler, build_jobs
 
 log = logging.getLogger(__name__)
 
@@ -57,24 +59,99 @@ async def serve(settings: Settings) -> int:
 
     http = HttpServer(settings)
     adapters = platform_adapters(settings, app, http)
+    counters = JobCounters()
+    http.ops(health_checks(app, adapters), Metrics(app.store, counters))
+    sinks = {
+        type(a).__name__.removesuffix("Adapter").lower(): a for a in adapters if hasattr(a, "post_report")
+    }
+    scheduler: Scheduler | None = None
     started: list[Adapter] = []
     try:
-        if http.has_routes:
-            await http.start()
+        await _start_http(http, slack_http=bool(settings.slack_bot_token and not settings.slack_app_token))
         for adapter in adapters:
             await adapter.start()
             started.append(adapter)
+        if settings.scheduler_enabled:
+            svc = app.service
+            jobs = build_jobs(
+                settings,
+                store=app.store,
+                inventory=svc.inventory,
+                generator=svc.generator,
+                sinks=sinks,  # type: ignore[arg-type]
+            )
+            scheduler = Scheduler(
+                app.store,
+                jobs,
+                timezone=settings.scheduler_timezone,
+                misfire_grace_s=settings.misfire_grace_s,
+                counters=counters,
+            )
+            await scheduler.start()
         if adapters:
             log.info("serving on %d platform(s)", len(adapters))
             await stop.wait()
         else:
             await _console(app, stop)
     finally:
-        # together, so two busy platforms still finish within the contract's 30 s
-        await asyncio.gather(*(a.close(grace_s=DRAIN_S) for a in started), return_exceptions=True)
+        # together, so two busy platforms (and a job mid-run) still finish within the contract's 30 s
+        closing = [a.close(grace_s=DRAIN_S) for a in started]
+        if scheduler is not None:
+            closing.append(scheduler.close(grace_s=DRAIN_S))
+        await asyncio.gather(*closing, return_exceptions=True)
         await http.close()
         await app.close()
     return 0
+
+
+async def _start_http(http: HttpServer, *, slack_http: bool) -> None:
+    """Health and metrics are worth a warning when the port is taken; Slack's Events API needs it."""
+    try:
+        await http.start()
+    except OSError as exc:
+        if slack_http:
+            raise
+        log.warning("no /healthz and /metrics: cannot listen on port %s (%s)", http.settings.http_port, exc)
+
+
+def health_checks(app: App, adapters: list[Adapter]) -> list[HealthCheck]:
+    """What /healthz reports: the database, each Ollama host, each platform."""
+    checks: list[HealthCheck] = []
+    store = app.store
+    if store is not None:
+
+        async def database() -> dict[str, bool]:
+            return {"database": await store.ping()}
+
+        checks.append(database)
+    inventory = app.service.inventory
+
+    async def ollama() -> dict[str, bool]:
+        inv = await inventory.snapshot(refresh=True)
+        return {f"ollama {h}": h not in inv.hosts_down for h in inv.hosts}
+
+    checks.append(ollama)
+    for adapter in adapters:
+        name = type(adapter).__name__.removesuffix("Adapter").lower()
+        checks.append(_platform_check(name, adapter))
+    return checks
+
+
+def _platform_check(name: str, adapter: Adapter) -> HealthCheck:
+    """Slack in Socket Mode: its websocket; Discord: its gateway session; otherwise: running."""
+
+    async def check() -> dict[str, bool]:
+        if getattr(adapter, "closing", False):
+            return {name: False}
+        handler = getattr(adapter, "handler", None)  # Slack Socket Mode
+        if handler is not None:
+            return {name: await handler.client.is_connected()}
+        client = getattr(adapter, "client", None)
+        if name == "discord" and client is not None:
+            return {name: client.is_ready() and not client.is_closed()}
+        return {name: True}  # Slack over HTTP: Slack calls us; nothing stays connected
+
+    return check
 
 
 async def _console(app: App, stop: asyncio.Event) -> None:

@@ -30,6 +30,7 @@ class IncomingMessage:
     # further ids of the same message (Slack's client_msg_id when one message arrives as two events)
     extra_keys: tuple[str, ...] = ()
     local_only: bool = False
+    attachments: tuple[str, ...] = ()  # names of attached files; the bot reads none of them
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ setting is `METAROUTER_<NAME>` in the environment and `<name>` in the TOML file.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -93,6 +94,16 @@ class Settings(BaseSettings):
     confidence_threshold: float = Field(0.7, ge=0, le=1)
     monthly_budget_usd: float = Field(5.0, ge=0)
     router_prices: dict[str, Price] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
+    # --- privacy (issue 6): what the meta-router may see ------------------------------------------
+    # extra redaction patterns: placeholder name -> regex ("ticket": "TCK-\\d{6}" gives "[TICKET]")
+    redact_patterns: dict[str, str] = Field(default_factory=dict)
+    # channels (Slack channel, Discord channel or thread parent) and workspaces/guilds whose questions
+    # never go to the meta-router (fallback_reason "privacy")
+    local_only_channels: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    local_only_workspaces: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    router_query_chars: int = Field(2000, ge=100, le=20000)  # of the question, after redaction
+    router_thread_turns: int = Field(4, ge=0, le=20)  # earlier messages the meta-router sees
+    router_turn_chars: int = Field(200, ge=20, le=2000)  # of each earlier message
 
     # --- decision cache -------------------------------------------------------------------------
     cache_decisions: bool = True
@@ -129,6 +140,11 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, validation_alias=_env("database_url", "DATABASE_URL"))
     data_dir: Path = Field(default_factory=default_data_dir)
     store_question_text: bool = True
+
+    # --- abuse limits (issue 6) -------------------------------------------------------------------
+    user_rate_per_minute: float = Field(6.0, ge=0)  # questions a person may ask per minute; 0: no limit
+    channel_rate_per_minute: float = Field(20.0, ge=0)  # questions per channel per minute; 0: no limit
+    max_question_chars: int = Field(16000, ge=200)  # longer questions are cut (and the user told so)
 
     # --- platforms ------------------------------------------------------------------------------
     slack_bot_token: SecretStr | None = Field(None, validation_alias=_env("slack_bot_token", "SLACK_BOT_TOKEN"))
@@ -167,6 +183,48 @@ class Settings(BaseSettings):
     http_port: int = Field(8080, ge=0, le=65535)
     http_host: str = "127.0.0.1"
 
+    # --- scheduler, pre-pull and reports (cron strings: 5 fields, or 6 with seconds first) -------
+    scheduler_enabled: bool = True
+    scheduler_timezone: str = "UTC"
+    # a firing later than this (the process was down or busy) is reported as missed and run once
+    misfire_grace_s: float = Field(300.0, ge=1)
+    report_cron: str = "0 9 * * 1"
+    report_channels: Annotated[list[str], NoDecode] = Field(default_factory=list)  # "slack:C123"
+    report_since_days: float = Field(7.0, gt=0)
+    prepull_enabled: bool = True
+    prepull_cron: str = "0 * * * *"
+    prepull_window_h: float = Field(2.0, gt=0, le=168)
+    prepull_min_expected: float = Field(0.5, ge=0)  # forecast requests in the window worth a pull
+    forecast_halflife_days: float = Field(14.0, gt=0)
+    evict_enabled: bool = False
+    prewarm_cron: str = ""  # e.g. "45 8 * * 1-5"; empty: no pre-warming
+
+    @field_validator("report_channels", mode="before")
+    @classmethod
+    def _split_channels(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [i.strip() for i in v.split(",") if i.strip()]
+        return v
+
+    @field_validator("report_channels")
+    @classmethod
+    def _platform_channels(cls, v: list[str]) -> list[str]:
+        for c in v:
+            platform, _, channel = c.partition(":")
+            if platform not in ("slack", "discord") or not channel:
+                raise ValueError(f"{c!r} must be slack:CHANNEL_ID or discord:CHANNEL_ID")
+        return v
+
+    @field_validator("report_cron", "prepull_cron", "prewarm_cron")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        # only the shape here: parsing needs APScheduler, which `route`'s cold start must not import;
+        # the scheduler parses every expression at start-up and names the setting if one is bad
+        v = " ".join(v.split())
+        if v and len(v.split()) not in (5, 6):
+            raise ValueError("a cron expression has 5 fields (minute hour day month weekday) or 6")
+        return v
+
     @field_validator("ollama_hosts", mode="before")
     @classmethod
     def _split_hosts(cls, v: Any) -> Any:
@@ -180,6 +238,25 @@ class Settings(BaseSettings):
         if isinstance(v, str | int):
             return [i.strip() for i in str(v).split(",") if i.strip()]
         return [str(i) for i in v] if isinstance(v, list) else v
+
+    @field_validator("local_only_channels", "local_only_workspaces", mode="before")
+    @classmethod
+    def _split_places(cls, v: Any) -> Any:
+        if isinstance(v, str | int):
+            return [i.strip() for i in str(v).split(",") if i.strip()]
+        return [str(i) for i in v] if isinstance(v, list) else v
+
+    @field_validator("redact_patterns")
+    @classmethod
+    def _patterns(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, pattern in v.items():
+            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name):
+                raise ValueError(f"pattern name {name!r} must be a word")
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern {name!r} is not a valid regex: {exc}") from None
+        return v
 
     @field_validator("slack_admin_users", "slack_allowed_channels", mode="before")
     @classmethod

@@ -6,7 +6,10 @@ a database hiccup costs a record, never an answer (issue 6 adds buffering so not
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
+import re
 from collections.abc import AsyncIterator, Awaitable
 from typing import TypeVar
 
@@ -15,6 +18,8 @@ from core.config import Settings
 from core.errors import GenerationError, MetaRouterError, StreamFailed
 from core.generation import Done, Fallback, Generator, Pulling, Queued, Started, Token
 from core.inventory import InventoryService
+from core.privacy import local_only_for
+from core.ratelimit import MemoryRateLimiter, RateLimiter
 from core.routing.chain import RoutingChain
 from core.store import Store
 from core.types import Decision, Inventory, RouteRequest, Turn, normalise_model_name
@@ -23,6 +28,23 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 TRIMMED_NOTE = "Older messages of this thread were left out to fit the model's context."
+EMPTY_QUESTION = (
+    "I didn't find a question in that message. Mention me with what you'd like to know, "
+    "for example: “@MetaRouter how do I reverse a list in Python?”"
+)
+# Control characters other than tab and newline; PostgreSQL refuses NUL in text outright.
+_CONTROL = dict.fromkeys([*range(0, 9), 11, 12, *range(14, 32), 127])
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def too_fast(wait_s: float) -> str:
+    return f"You're asking faster than I can answer; try again in {max(1, math.ceil(wait_s))} s."
+
+
+def clean_text(text: str) -> str:
+    """Text any model, database and platform accepts: lone surrogates (invalid Unicode from a broken
+    client) become U+FFFD and control characters go."""
+    return _SURROGATE.sub("\ufffd", text).translate(_CONTROL)
 
 
 class ChatService:
@@ -34,8 +56,10 @@ class ChatService:
         chain: RoutingChain,
         generator: Generator,
         store: Store | None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.settings = settings
+        self.limiter: RateLimiter = limiter or MemoryRateLimiter()
         self.inventory = inventory
         self.chain = chain
         self.generator = generator
@@ -43,6 +67,8 @@ class ChatService:
 
     async def route(self, req: RouteRequest) -> Decision:
         """The decision for a question, without generating anything (`/route`, `metarouter route`)."""
+        if not req.local_only and local_only_for(self.settings, req.channel_id):
+            req = req.model_copy(update={"local_only": True})
         inv = await self.inventory.snapshot()
         return await self.chain.route(req, inv)
 
@@ -72,9 +98,18 @@ class ChatService:
             if key is not None and not await self._claim(key):
                 log.info("duplicate delivery %s ignored", key)
                 return None
+        msg, notes = self._sanitise(msg)
+        refusal = await self._refusal(msg)
+        if refusal is not None:
+            answer = FinalAnswer(text="", decision=None, error=refusal)
+            await reply.finish(answer)
+            return answer
         await reply.status("Routing…")
         req = RouteRequest(
-            query=msg.text, history=msg.history, channel_id=msg.channel_id, local_only=msg.local_only
+            query=msg.text,
+            history=msg.history,
+            channel_id=msg.channel_id,
+            local_only=msg.local_only or local_only_for(self.settings, msg.channel_id, msg.workspace_id),
         )
         try:
             decision = await self.route(req)
@@ -87,14 +122,58 @@ class ChatService:
 
         request_id = await self._record_request(msg, decision)
         await reply.status(f"Routing… {decision.recommended_model} chosen")
-        return await self._generate(msg, decision, reply, request_id)
+        return await self._generate(msg, decision, reply, request_id, notes)
+
+    def _sanitise(self, msg: IncomingMessage) -> tuple[IncomingMessage, list[str]]:
+        """The message as the core may safely handle it, and what the user should be told about that."""
+        notes: list[str] = []
+        text = clean_text(msg.text).strip()
+        limit = self.settings.max_question_chars
+        if len(text) > limit:
+            notes.append(f"Your message was {len(text):,} characters long; I read only the first {limit:,}.")
+            text = text[:limit]
+        history = tuple(
+            t.model_copy(update={"content": clean_text(t.content)[: limit]}) for t in msg.history
+        )
+        if msg.attachments and any(ch.isalnum() for ch in text):
+            names = _names(msg.attachments)
+            notes.append(f"I can't read attachments ({names}); I answered from the text only.")
+        return dataclasses.replace(msg, text=text, history=history), notes
+
+    async def _refusal(self, msg: IncomingMessage) -> str | None:
+        """Why this message gets no answer at all: nothing to answer, or asked too fast."""
+        if not any(ch.isalnum() for ch in msg.text):
+            if msg.attachments:
+                return (
+                    f"I can't read attachments ({_names(msg.attachments)}). "
+                    "Paste the part you want me to look at into a message and mention me again."
+                )
+            return EMPTY_QUESTION  # empty mention, whitespace, emoji or punctuation only
+        s = self.settings
+        for key, rate in (
+            (f"user:{msg.platform}:{msg.user_id}", s.user_rate_per_minute),
+            (f"channel:{msg.platform}:{msg.channel_id}", s.channel_rate_per_minute),
+        ):
+            try:
+                wait = await self.limiter.take(key, rate)
+            except Exception:  # a shared limiter that is down must not silence the bot
+                log.warning("rate limiter unavailable; not limiting", exc_info=True)
+                return None
+            if wait > 0:
+                return too_fast(wait)
+        return None
 
     async def _generate(
-        self, msg: IncomingMessage, decision: Decision, reply: Reply, request_id: int | None
+        self,
+        msg: IncomingMessage,
+        decision: Decision,
+        reply: Reply,
+        request_id: int | None,
+        notes: list[str] | None = None,
     ) -> FinalAnswer:
         turns = [*msg.history, Turn(role="user", content=msg.text, author=msg.author_name)]
         text = ""
-        notes: list[str] = []
+        notes = list(notes or [])
         answer_id: int | None = None
         stats: AnswerStats | None = None
         error: str | None = None
@@ -205,7 +284,12 @@ class ChatService:
         if self.store is None:
             return None
         store = self.store
-        conv = await self._safe(store.conversation(msg.platform, msg.channel_id, msg.thread_id, msg.workspace_id))
+        if not self.settings.store_question_text:
+            # the router's reasoning may quote or paraphrase the question ("asks how to rotate X")
+            decision = decision.model_copy(update={"reasoning": "(not stored: store_question_text is off)"})
+        conv = await self._safe(
+            store.conversation(msg.platform, msg.channel_id, msg.thread_id, msg.workspace_id)
+        )
         return await self._safe(
             store.record_request(
                 platform=msg.platform,
@@ -225,6 +309,11 @@ class ChatService:
             return None
 
 
+def _names(files: tuple[str, ...]) -> str:
+    shown = [clean_text(f)[:60] for f in files[:3]]
+    return ", ".join(shown) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+
+
 def _user_choice(decision: Decision, model: str) -> Decision:
     """The router's decision overridden by the person asking; kept as such for learning."""
     others = [m for m in [decision.recommended_model, *decision.alternatives] if m != model]
@@ -232,7 +321,9 @@ def _user_choice(decision: Decision, model: str) -> Decision:
         update={
             "recommended_model": model,
             "alternatives": others[:3],
-            "reasoning": f"Re-run on {model} at the user's request (router chose {decision.recommended_model}).",
+            "reasoning": (
+                f"Re-run on {model} at the user's request (router chose {decision.recommended_model})."
+            ),
             "download_if_needed": True,
         }
     )

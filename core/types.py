@@ -51,6 +51,17 @@ class RouteRequest(BaseModel):
     local_only: bool = False  # a privacy-marked channel: nothing may go to the meta-router
 
 
+class Disclosure(BaseModel):
+    """What one routing decision sent to the meta-router (shown to the user; never in the contract JSON)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    query_redactions: int = 0  # items replaced by placeholders in the question
+    query_truncated: bool = False  # only the start of a long question was sent
+    earlier_messages: int = 0  # messages of the thread sent, each clipped
+    earlier_redactions: int = 0
+
+
 class Decision(BaseModel):
     """The routing decision, exactly the contract's decision JSON (CONTRACT.md)."""
 
@@ -68,6 +79,17 @@ class Decision(BaseModel):
     fallback_reason: FallbackReason | None = None
     decision_ms: float = 0.0
     cost_usd: float = 0.0
+    # Not part of the contract: excluded from every dump, so the decision JSON keeps its exact keys.
+    disclosure: Disclosure | None = Field(None, exclude=True)
+
+    def __eq__(self, other: object) -> bool:
+        # Two decisions are equal when their contract JSON is: the disclosure is a note for the user.
+        if not isinstance(other, Decision):
+            return NotImplemented
+        return self.model_dump() == other.model_dump()
+
+    def __hash__(self) -> int:
+        return hash(self.model_dump_json())
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,8 @@ def decision_summary(d: Decision) -> str:
 
 def decision_details(d: Decision) -> list[str]:
     lines = [
-        f"Model: {d.recommended_model} ({d.complexity} {d.query_type} question, confidence {d.confidence:.2f})",
+        f"Model: {d.recommended_model} ({d.complexity} {d.query_type} question, "
+        f"confidence {d.confidence:.2f})",
         f"Why: {d.reasoning}",
     ]
     if d.specializations_needed:
@@ -42,7 +43,32 @@ def decision_details(d: Decision) -> list[str]:
     )
     if d.download_if_needed:
         lines.append("Download: needed if the model is not local yet")
+    sent = disclosure_line(d)
+    if sent:
+        lines.append(sent)
     return lines
+
+
+def disclosure_line(d: Decision) -> str | None:
+    """What left the machine for this decision; None when unknown (a stored or cached decision)."""
+    if d.fallback_reason == "privacy":
+        return "Sent to the meta-router: nothing (local-only channel)"
+    s = d.disclosure
+    if s is None:
+        return None
+    question = "the start of the question" if s.query_truncated else "the question"
+    if s.query_redactions:
+        question += f" ({_items(s.query_redactions)} redacted)"
+    if s.earlier_messages:
+        earlier = f"{s.earlier_messages} earlier message{'s' if s.earlier_messages != 1 else ''}"
+        if s.earlier_redactions:
+            earlier += f" ({_items(s.earlier_redactions)} redacted)"
+        question += f" and {earlier}"
+    return f"Sent to the meta-router: {question}"
+
+
+def _items(n: int) -> str:
+    return f"{n} item{'s' if n != 1 else ''}"
 
 
 def _ms(ms: float) -> str:

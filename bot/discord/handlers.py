@@ -22,6 +22,7 @@ from bot.discord.reply import DiscordReply
 from bot.discord.views import PagesView, RunView, answer_view
 from core.chat import FinalAnswer, IncomingMessage
 from core.errors import MetaRouterError
+from core.privacy import local_only_for
 from core.types import RouteRequest
 
 if TYPE_CHECKING:
@@ -84,6 +85,9 @@ def _reply(
 async def run_answer(
     adapter: DiscordAdapter, msg: IncomingMessage, reply: DiscordReply, *, model: str | None = None
 ) -> None:
+    # every path to an answer passes here: a thread under a local-only channel is local-only too
+    if local_only_for(adapter.settings, *translate.places(reply.transport.channel)):
+        msg = replace(msg, local_only=True)
     try:
         answer = await adapter.service.handle(msg, reply, model=model)
     except asyncio.CancelledError:
@@ -146,14 +150,43 @@ def commands(adapter: DiscordAdapter) -> list[app_commands.Command]:  # type: ig
     ) -> None:
         await models_command(adapter, interaction, action, model)
 
-    return [route, models]
+    @app_commands.command(name="report", description="The usage report and its chart, posted in this channel")
+    @app_commands.describe(period="How far back: 12h, 7d, 2w (default 7d)")
+    async def report(interaction: discord.Interaction, period: str = "7d") -> None:
+        await report_command(adapter, interaction, period)
+
+    return [route, models, report]
+
+
+async def report_command(adapter: DiscordAdapter, interaction: discord.Interaction, period: str) -> None:
+    from core.reports import parse_since, report_for
+
+    try:
+        since = parse_since(period)
+    except ValueError as exc:
+        await interaction.response.send_message(f"Usage: `/report [PERIOD]`, e.g. 7d ({exc})", ephemeral=True)
+        return
+    store = adapter.service.store
+    if store is None:
+        await interaction.response.send_message("Reports need the database.", ephemeral=True)
+        return
+    await interaction.response.defer(ephemeral=True, thinking=True)
+    try:
+        text, png = await report_for(store, since)
+        await adapter.post_report(str(interaction.channel_id), text, png)
+    except Exception:
+        log.warning("/report failed", exc_info=True)
+        await interaction.edit_original_response(content="⚠️ The report could not be built or posted.")
+        return
+    await interaction.edit_original_response(content="Report posted in this channel.")
 
 
 async def route_command(adapter: DiscordAdapter, interaction: discord.Interaction, question: str) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
     try:
+        private = local_only_for(adapter.settings, *translate.places(interaction.channel))
         decision = await adapter.service.route(
-            RouteRequest(query=question, channel_id=str(interaction.channel_id))
+            RouteRequest(query=question, channel_id=str(interaction.channel_id), local_only=private)
         )
     except MetaRouterError as exc:
         await interaction.edit_original_response(content=f"⚠️ {exc.user_message}")

@@ -167,6 +167,17 @@ def incoming(
         author_name=author_name or message.author.display_name,
         workspace_id=str(message.guild.id) if message.guild else None,
         event_key=event_key or f"discord:{message.id}",
+        attachments=tuple(a.filename for a in message.attachments),
+    )
+
+
+def places(channel: object) -> tuple[str | None, ...]:
+    """Where a channel is, for local-only settings: itself, its parent when a thread, and its guild."""
+    guild = getattr(channel, "guild", None)
+    return (
+        str(getattr(channel, "id", "")) or None,
+        str(channel.parent_id) if isinstance(channel, discord.Thread) and channel.parent_id else None,
+        str(guild.id) if guild is not None else None,
     )
 
 

@@ -36,6 +36,7 @@ from bot.slack import render, translate
 from bot.slack.reply import SlackReply, render_text
 from core.config import Settings
 from core.errors import ConfigError, MetaRouterError
+from core.privacy import local_only_for
 from core.service import ChatService
 from core.types import ModelStats, RouteRequest
 
@@ -152,6 +153,7 @@ class SlackAdapter:
         app.event("reaction_removed")(self._on_reaction)
         app.command("/route")(self._on_route)
         app.command("/models")(self._on_models)
+        app.command("/report")(self._on_report)
         app.action(render.EXPAND)(self._on_toggle)
         app.action(render.COLLAPSE)(self._on_toggle)
         app.action(re.compile(f"^{render.RERUN}_\\d+$"))(self._on_rerun)
@@ -212,6 +214,34 @@ class SlackAdapter:
         else:
             await ack()
             self._spawn(self._show_models(command["user_id"], respond))
+
+    async def _on_report(self, ack: Any, command: dict[str, Any], respond: Any) -> None:
+        """`/report [7d]`: the usage report and its chart, posted in the channel it was asked in."""
+        from core.reports import parse_since
+
+        try:
+            period = parse_since(command.get("text", "").strip() or "7d")
+        except ValueError as exc:
+            await ack(text=f"Usage: `/report [PERIOD]`, e.g. `/report 7d` ({exc})", response_type="ephemeral")
+            return
+        if self.service.store is None:
+            await ack(text="Reports need the database, which is not configured.", response_type="ephemeral")
+            return
+        await ack(text="Building the report…", response_type="ephemeral")
+        self._spawn(self._report(command["channel_id"], period, respond))
+
+    async def _report(self, channel: str, period: Any, respond: Any) -> None:
+        from core.reports import report_for
+
+        assert self.service.store is not None
+        try:
+            text, png = await report_for(self.service.store, period)
+            await self.post_report(channel, text, png)
+        except Exception:
+            log.warning("/report failed", exc_info=True)
+            await respond(
+                text="The report could not be built or posted right now.", response_type="ephemeral"
+            )
 
     async def _on_toggle(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
@@ -286,7 +316,10 @@ class SlackAdapter:
                     command["channel_id"], thread_ts, before_ts=None, also=[]
                 )
             text = translate.plain_text(command["text"], bot_user_id=self.bot_user_id, names=names)
-            req = RouteRequest(query=text, history=history, channel_id=command["channel_id"])
+            private = local_only_for(self.settings, command["channel_id"], command.get("team_id"))
+            req = RouteRequest(
+                query=text, history=history, channel_id=command["channel_id"], local_only=private
+            )
             d = await self.service.route(req)
             blocks = render.route_blocks(text, d, await self._stats(d.recommended_model), thread_ts)
             await respond(

@@ -35,6 +35,7 @@ class Question:
     event_id: str | None = None
     client_msg_id: str | None = None
     team: str | None = None
+    files: tuple[str, ...] = ()  # names of attached files (the bot cannot read them)
 
     @property
     def reply_thread(self) -> str:
@@ -68,6 +69,7 @@ def question_from_event(event: Mapping[str, Any], body: Mapping[str, Any]) -> Qu
         event_id=body.get("event_id"),
         client_msg_id=event.get("client_msg_id"),
         team=body.get("team_id"),
+        files=tuple(str(f.get("name") or f.get("title") or "file") for f in event.get("files") or ()),
     )
 
 
@@ -156,6 +158,7 @@ def incoming(
         workspace_id=q.team,
         event_key=f"slack:{q.event_id}" if dedupe and q.event_id else None,
         extra_keys=(f"slack:msg:{q.client_msg_id}",) if dedupe and q.client_msg_id else (),
+        attachments=q.files,
     )
 
 

@@ -19,7 +19,7 @@ from core.errors import MetaRouterFailure, RoutingError
 from core.routing.base import LocalRouterProtocol, RouterLedger
 from core.routing.cache import DecisionStore, cache_key
 from core.routing.meta import MetaRouter
-from core.types import Decision, FallbackReason, Inventory, RouteRequest
+from core.types import Decision, Disclosure, FallbackReason, Inventory, RouteRequest
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,10 @@ class RoutingChain:
             hit = await self._cache_get(key)
             if hit is not None:
                 ms = (time.perf_counter() - started) * 1000
-                return hit.model_copy(update={"source": "cache", "decision_ms": ms, "cost_usd": 0.0})
+                # nothing left the machine this time
+                return hit.model_copy(
+                    update={"source": "cache", "decision_ms": ms, "cost_usd": 0.0, "disclosure": None}
+                )
         decision = await self._decide(req, inv)
         decision = decision.model_copy(update={"decision_ms": (time.perf_counter() - started) * 1000})
         if key is not None and decision.fallback_reason not in TRANSIENT:
@@ -109,6 +112,7 @@ class RoutingChain:
 
         s = self._settings
         assert self._meta is not None  # _skip_reason saw to it
+        sent = self._meta.view(req).disclosure
         started = time.perf_counter()
         self._in_flight += 1
         try:
@@ -117,12 +121,14 @@ class RoutingChain:
             cost = getattr(exc, "cost_usd", 0.0)
             log.warning("meta-router failed (%s); using the local router", exc)
             await self._record(exc.reason, cost, started)
-            return _conform(local, inv, fallback_reason=cast(FallbackReason, exc.reason), cost_usd=cost)
+            return _conform(
+                local, inv, fallback_reason=cast(FallbackReason, exc.reason), cost_usd=cost, disclosure=sent
+            )
         except Exception:
             # A bug or an unforeseen library error must not cost the user an answer.
             log.exception("meta-router raised unexpectedly; using the local router")
             await self._record("api_error", 0.0, started)
-            return _conform(local, inv, fallback_reason="api_error")
+            return _conform(local, inv, fallback_reason="api_error", disclosure=sent)
         finally:
             self._in_flight -= 1
 
@@ -143,11 +149,13 @@ class RoutingChain:
         await self._record(outcome or "ok", result.cost_usd, started)
         if chosen is None or outcome is not None:
             log.info("meta-router not followed (%s); using the local router", outcome)
-            return _conform(local, inv, fallback_reason=outcome, cost_usd=result.cost_usd)
+            return _conform(
+                local, inv, fallback_reason=outcome, cost_usd=result.cost_usd, disclosure=sent
+            )
         followed = meta.model_copy(
             update={"recommended_model": chosen.name, "reasoning": note + meta.reasoning}
         )
-        return _conform(followed, inv, fallback_reason=None, cost_usd=result.cost_usd)
+        return _conform(followed, inv, fallback_reason=None, cost_usd=result.cost_usd, disclosure=sent)
 
     def _skip_reason(self, req: RouteRequest, local: Decision) -> FallbackReason | None:
         """Why the meta-router is not asked at all, most telling reason first."""
@@ -203,7 +211,12 @@ class RoutingChain:
 
 
 def _conform(
-    d: Decision, inv: Inventory, *, fallback_reason: FallbackReason | None, cost_usd: float = 0.0
+    d: Decision,
+    inv: Inventory,
+    *,
+    fallback_reason: FallbackReason | None,
+    cost_usd: float = 0.0,
+    disclosure: Disclosure | None = None,
 ) -> Decision:
     """Hold the contract: inventory names only, the chosen model not among its alternatives, and a
     model that is not local flagged for download."""
@@ -222,5 +235,6 @@ def _conform(
             "download_if_needed": download,
             "fallback_reason": fallback_reason,
             "cost_usd": cost_usd,
+            "disclosure": disclosure,
         }
     )

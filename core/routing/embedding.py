@@ -167,24 +167,25 @@ class MiniLMEncoder:
         batch, length = ids.shape
         heads, head_dim = self._heads, self.dim // self._heads
         x = self._word[ids] + self._pos[:length] + self._type0
-        x = _layer_norm(x, *self._emb_ln, self._eps)
+        # token-wise layers run on a 2-D (tokens, hidden) matrix: numpy's stacked 3-D matmul is
+        # markedly slower for these small shapes
+        x = _layer_norm(x, *self._emb_ln, self._eps).reshape(batch * length, self.dim)
         # padded keys get a large negative score, so softmax gives them no weight
         bias = None if mask is None else ((1.0 - mask) * np.float32(-1e9))[:, None, None, :]
         scale = np.float32(1.0 / np.sqrt(head_dim))
         for layer in self._layers:
-            qkv = x @ layer.qkv_w + layer.qkv_b
-            qkv = qkv.reshape(batch, length, 3, heads, head_dim).transpose(2, 0, 3, 1, 4)
-            q, k, v = qkv[0], qkv[1], qkv[2]
+            qkv = (x @ layer.qkv_w + layer.qkv_b).reshape(batch, length, 3, heads, head_dim)
+            q, k, v = qkv.transpose(2, 0, 3, 1, 4)
             scores = (q @ k.transpose(0, 1, 3, 2)) * scale
             if bias is not None:
                 scores = scores + bias
             scores = np.exp(scores - scores.max(-1, keepdims=True))
             scores /= scores.sum(-1, keepdims=True)
-            ctx = (scores @ v).transpose(0, 2, 1, 3).reshape(batch, length, self.dim)
+            ctx = (scores @ v).transpose(0, 2, 1, 3).reshape(batch * length, self.dim)
             x = _layer_norm(ctx @ layer.out_w + layer.out_b + x, layer.ln1_w, layer.ln1_b, self._eps)
             ff = _gelu(x @ layer.ff1_w + layer.ff1_b) @ layer.ff2_w + layer.ff2_b
             x = _layer_norm(ff + x, layer.ln2_w, layer.ln2_b, self._eps)
-        return x
+        return x.reshape(batch, length, self.dim)
 
 
 def _clip(ids: Sequence[int], max_tokens: int | None) -> list[int]:

@@ -1,9 +1,10 @@
-"""The offline router: MiniLM sentence embeddings + a few form features -> a trained linear classifier.
+"""The offline router: trained classifiers over MiniLM sentence embeddings and the text itself.
 
-No network, no torch: the encoder is numpy (core/routing/embedding.py) and the classifier is a weight
-matrix in core/data/local_router.npz, written by `python -m core.routing.training`. A bare
+No network, no torch: the encoder is numpy (core/routing/embedding.py) and the classifiers are weight
+matrices in core/data/local_router.npz, written by `python -m core.routing.training`. A bare
 nearest-neighbour match on embeddings follows the topic ("a story about a programmer" lands near
-coding); the trained layer, helped by form features such as option lists or LaTeX, learns the task.
+coding); a trained layer, helped by form features (option lists, LaTeX, digits) and by a lexical
+model over words and character n-grams, learns the task.
 
 Follow-ups ("why?", "now make it recursive") say little on their own, so `classify` mixes the
 follow-up's probabilities with those of the thread's earlier user turns and the last answer, trusting
@@ -19,7 +20,8 @@ import math
 import re
 import threading
 import time
-from collections import OrderedDict
+import zlib
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,9 +34,11 @@ from core.types import QUERY_TYPES, Complexity, Decision, Inventory, QueryType, 
 
 DEFAULT_ARTIFACT = Path(__file__).resolve().parent.parent / "data" / "local_router.npz"
 
-# Word pieces the classifier reads. The first 128 carry the task; the full 256 would double the
-# cost of long questions (the forward pass is linear in tokens) for no gain in cross-validation.
-QUERY_TOKENS = 128
+# Word pieces of a question the classifier reads. The forward pass costs time linear in tokens; grouped
+# cross-validation over three fold seeds scored the opening 48 within 0.002 macro-F1 of 64 and 0.003 of
+# 128 (the lexical model and the form features still see the whole text), so the latency target
+# (p99 <= 25 ms on one BLAS thread) sets the cut.
+QUERY_TOKENS = 48
 # "A bit of the assistant answer": its opening says what kind of answer it was.
 ANSWER_TOKENS = 64
 # Earlier user turns count for less the further back they are.
@@ -109,15 +113,65 @@ def form_features(text: str) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------------
+# Lexical features: hashed tf-idf of words, word pairs and character n-grams. They catch what a small
+# English sentence encoder misses (a "css" or "SQL" in a short question, non-English text); the
+# embedding catches meaning across wordings. Cross-validation on our examples favours the two together.
+
+LEX_BITS = 16
+LEX_SIZE = 1 << LEX_BITS  # buckets per block (words, characters)
+LEX_MAX_CHARS = 2000  # bounds the cost on pasted documents; the opening says what is asked
+
+
+def lexical_counts(text: str) -> tuple[Counter[int], Counter[int]]:
+    """Hashed counts of (words and word pairs, character 2-5-grams within space-padded words).
+
+    crc32, unlike hash(), gives the same bucket in every process.
+    """
+    text = text[:LEX_MAX_CHARS].lower()
+    words = _WORD.findall(text)
+    word_grams = [f"w {w}" for w in words] + [f"b {a} {b}" for a, b in zip(words, words[1:], strict=False)]
+    char_grams = []
+    for token in text.split():
+        padded = f" {token} "
+        for n in range(2, 6):
+            char_grams.extend(padded[i : i + n] for i in range(len(padded) - n + 1))
+    mask = LEX_SIZE - 1
+    return (
+        Counter(zlib.crc32(g.encode()) & mask for g in word_grams),
+        Counter(zlib.crc32(g.encode()) & mask for g in char_grams),
+    )
+
+
+def lexical_vector(
+    counts: tuple[Counter[int], Counter[int]], idf: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sparse tf-idf (indices into 2 * LEX_SIZE, values): sublinear tf, each block L2-normalised."""
+    indices, values = [], []
+    for block, c in enumerate(counts):
+        if not c:
+            continue
+        idx = np.fromiter(c.keys(), dtype=np.int64, count=len(c))
+        val = (1.0 + np.log(np.fromiter(c.values(), dtype=np.float32, count=len(c)))) * idf[block, idx]
+        indices.append(idx + block * LEX_SIZE)
+        values.append(val / max(float(np.linalg.norm(val)), 1e-12))
+    if not indices:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    return np.concatenate(indices), np.concatenate(values).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------------
 # The trained artifact: numpy arrays only, so inference needs no scikit-learn.
 
 
 @dataclass(frozen=True)
 class TrainedModel:
-    """A standardise -> (dense + ReLU)* -> dense -> softmax(logits / temperature) classifier.
+    """Two classifiers and how to blend them.
 
-    `thread` holds the follow-up mixing weights (see `LocalRouter.classify`): intercept, slope on the
-    follow-up's log word-piece count, slope on its own confidence, and the users' share of the history.
+    dense:   standardise -> (x @ w + b, ReLU between layers) over embedding + form features
+    lexical: hashed tf-idf -> x @ lex_weights + lex_bias
+    blend:   softmax((share * log p_dense + (1 - share) * log p_lexical) / temperature); share and
+             temperature are fitted on held-out folds, which also calibrates the confidence.
+    thread:  the follow-up mixing weights (see `thread_mix`).
     """
 
     labels: tuple[QueryType, ...]
@@ -125,6 +179,10 @@ class TrainedModel:
     scale: np.ndarray
     weights: tuple[np.ndarray, ...]
     biases: tuple[np.ndarray, ...]
+    lex_idf: np.ndarray  # (2, LEX_SIZE)
+    lex_weights: np.ndarray  # (2 * LEX_SIZE, labels)
+    lex_bias: np.ndarray
+    dense_share: float
     temperature: float
     thread: np.ndarray
     data_hash: str
@@ -132,22 +190,32 @@ class TrainedModel:
     answer_tokens: int = ANSWER_TOKENS
     info: dict[str, object] = field(default_factory=dict)  # training metrics, for reports
 
-    def logits(self, features: np.ndarray) -> np.ndarray:
-        x = (features - self.mean) / self.scale
-        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
-            x = x @ w + b
-            if i < len(self.weights) - 1:
-                x = np.maximum(x, 0.0)
-        return x
+    def dense_logits(self, features: np.ndarray) -> np.ndarray:
+        return mlp_forward(features, self.mean, self.scale, self.weights, self.biases)
 
-    def probs(self, features: np.ndarray) -> np.ndarray:
-        return softmax(self.logits(features) / self.temperature)
+    def lexical_logits(self, text: str) -> np.ndarray:
+        idx, val = lexical_vector(lexical_counts(text), self.lex_idf)
+        return val @ self.lex_weights[idx] + self.lex_bias
+
+    def blend(self, dense_logits: np.ndarray, lexical_logits: np.ndarray) -> np.ndarray:
+        mixed = self.dense_share * log_softmax(dense_logits) + (1.0 - self.dense_share) * log_softmax(
+            lexical_logits
+        )
+        return softmax(mixed / self.temperature)
+
+    def probs(self, features: np.ndarray, text: str) -> np.ndarray:
+        """Calibrated probabilities for one text, given its embedding + form features."""
+        return self.blend(self.dense_logits(features[None, :])[0], self.lexical_logits(text))
 
     def save(self, path: Path) -> None:
         arrays: dict[str, np.ndarray] = {
             "labels": np.array(self.labels),
             "mean": self.mean,
             "scale": self.scale,
+            "lex_idf": self.lex_idf.astype(np.float32),
+            "lex_weights": self.lex_weights.astype(np.float32),
+            "lex_bias": self.lex_bias.astype(np.float32),
+            "dense_share": np.array(self.dense_share, dtype=np.float64),
             "temperature": np.array(self.temperature, dtype=np.float64),
             "thread": self.thread,
             "data_hash": np.array(self.data_hash),
@@ -168,7 +236,7 @@ class TrainedModel:
         with np.load(path, allow_pickle=False) as z:
             layers = int(z["layers"])
             labels = tuple(str(x) for x in z["labels"])
-            if set(labels) != set(QUERY_TYPES):
+            if labels != QUERY_TYPES:
                 raise ValueError(f"{path}: labels {labels} are not the query types {QUERY_TYPES}")
             return cls(
                 labels=labels,  # type: ignore[arg-type]
@@ -176,6 +244,10 @@ class TrainedModel:
                 scale=z["scale"].astype(np.float32),
                 weights=tuple(z[f"w{i}"] for i in range(layers)),
                 biases=tuple(z[f"b{i}"] for i in range(layers)),
+                lex_idf=z["lex_idf"],
+                lex_weights=z["lex_weights"],
+                lex_bias=z["lex_bias"],
+                dense_share=float(z["dense_share"]),
                 temperature=float(z["temperature"]),
                 thread=z["thread"].astype(np.float64),
                 data_hash=str(z["data_hash"]),
@@ -183,6 +255,26 @@ class TrainedModel:
                 answer_tokens=int(z["answer_tokens"]),
                 info=json.loads(str(z["info"])),
             )
+
+
+def mlp_forward(
+    x: np.ndarray,
+    mean: np.ndarray,
+    scale: np.ndarray,
+    weights: Sequence[np.ndarray],
+    biases: Sequence[np.ndarray],
+) -> np.ndarray:
+    x = (x - mean) / scale
+    for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
+        x = x @ w + b
+        if i < len(weights) - 1:
+            x = np.maximum(x, 0.0)
+    return x
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    shifted = x - x.max(-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -238,7 +330,7 @@ _SPECIALISATIONS: dict[str, tuple[tuple[str, str], ...]] = {
         (r"\bregex|regular expression", "regex"),
         (r"\b(?:html|css|tailwind)\b", "web"),
         (
-            r"\b(?:bug|debug|error|exception|traceback|stack trace|crash|fails?|failing|broken|"
+            r"\b(?:bug|debug\w*|\w*error|\w*exception|traceback|stack trace|crash|fails?|failing|broken|"
             r"doesn'?t work|not working|segfault|undefined|null ?pointer|fix)\b",
             "debugging",
         ),
@@ -343,6 +435,14 @@ class Classification:
     specializations: tuple[str, ...]
 
 
+def limit_blas_threads(threads: int) -> None:
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # optional: without it BLAS keeps its default pool (OPENBLAS_NUM_THREADS still works)
+        return
+    threadpool_limits(threads, user_api="blas")
+
+
 class _LRU:
     """A small thread-safe text -> (probs, pieces) cache: a thread's earlier turns are re-read on
     every follow-up, so each is encoded once."""
@@ -376,8 +476,18 @@ class LocalRouter:
         self._cache = _LRU(512)
 
     @classmethod
-    def load(cls, path: Path | None = None, encoder: MiniLMEncoder | None = None) -> LocalRouter:
-        """Load the encoder and the artifact once; the router is then reused for every question."""
+    def load(
+        cls, path: Path | None = None, encoder: MiniLMEncoder | None = None, *, blas_threads: int | None = 1
+    ) -> LocalRouter:
+        """Load the encoder and the artifact once; the router is then reused for every question.
+
+        `blas_threads` sets this process's BLAS thread pool (None leaves it alone). One thread,
+        because our matrices are small and multi-threaded OpenBLAS spin-waits for cores that Ollama
+        or anything else is using: bench/local_latency.py measured p99 537 ms with two threads on a
+        loaded machine against 62 ms with one.
+        """
+        if blas_threads is not None:
+            limit_blas_threads(blas_threads)
         model = TrainedModel.load(Path(path) if path is not None else DEFAULT_ARTIFACT)
         return cls(encoder or MiniLMEncoder.load(), model)
 
@@ -392,12 +502,12 @@ class LocalRouter:
         embedding = self.encoder.encode_ids(ids, max_tokens)
         return np.concatenate([embedding, form_features(text)]), len(ids)
 
-    def _text_probs(self, text: str, max_tokens: int) -> tuple[np.ndarray, int]:
+    def text_probs(self, text: str, max_tokens: int) -> tuple[np.ndarray, int]:
         key = (text, max_tokens)
         hit = self._cache.get(key)
         if hit is None:
             feats, pieces = self.features(text, max_tokens)
-            hit = (self.model.probs(feats[None, :])[0], pieces)
+            hit = (self.model.probs(feats, text), pieces)
             self._cache.put(key, hit)
         return hit
 
@@ -408,13 +518,13 @@ class LocalRouter:
         p_users = None
         if users:
             weights = [TURN_DECAY**i for i in range(len(users))][::-1]
-            stacked = np.stack([self._text_probs(u, self.model.query_tokens)[0] for u in users])
+            stacked = np.stack([self.text_probs(u, self.model.query_tokens)[0] for u in users])
             p_users = (np.asarray(weights)[:, None] * stacked).sum(0) / sum(weights)
-        p_answer = self._text_probs(answers[-1], self.model.answer_tokens)[0] if answers else None
+        p_answer = self.text_probs(answers[-1], self.model.answer_tokens)[0] if answers else None
         return p_users, p_answer
 
     def classify(self, query: str, history: Sequence[Turn] = ()) -> Classification:
-        p_query, pieces = self._text_probs(query, self.model.query_tokens)
+        p_query, pieces = self.text_probs(query, self.model.query_tokens)
         p_users, p_answer = self.history_probs(history) if history else (None, None)
         probs = thread_mix(p_query, pieces, p_users, p_answer, self.model.thread)
         best = int(np.argmax(probs))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -19,13 +20,24 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.config import Settings
 from core.errors import MetaRouterFailure
-from core.routing.base import LocalHint, clip, recent_turns
-from core.types import QUERY_TYPES, Complexity, Decision, Inventory, ModelInfo, QueryType, RouteRequest
+from core.privacy import Redactor
+from core.routing.base import LocalHint, clip, squash
+from core.types import (
+    QUERY_TYPES,
+    Complexity,
+    Decision,
+    Disclosure,
+    Inventory,
+    ModelInfo,
+    QueryType,
+    RouteRequest,
+    Turn,
+)
 
 log = logging.getLogger(__name__)
 
 COMPLEXITIES: tuple[Complexity, ...] = ("simple", "moderate", "complex")
-QUERY_CHARS = 2000  # a pasted log or file costs tokens but says little more about the task
+QUERY_CHARS = 2000  # default; a pasted log or file costs tokens but says little more about the task
 SHORT_QUERY_WORDS = 8  # "and in Rust?" is a follow-up; a full question stands on its own
 MAX_ATTEMPTS = 3
 MAX_ANSWER_TOKENS = 400
@@ -126,7 +138,48 @@ def _delimit(text: str, tag: str) -> str:
     return text.replace(f"</{tag}>", f"</ {tag}>")
 
 
-def build_messages(req: RouteRequest, inv: Inventory, hint: LocalHint | None = None) -> list[dict[str, str]]:
+@dataclass(frozen=True)
+class RouterView:
+    """The question and thread as the meta-router may see them: redacted first, then clipped (clipping
+    first could cut a key in half, past recognition, and send its other half)."""
+
+    query: str
+    turns: tuple[Turn, ...]
+    disclosure: Disclosure
+
+
+def router_view(
+    req: RouteRequest,
+    redactor: Redactor | None = None,
+    *,
+    query_chars: int = QUERY_CHARS,
+    thread_turns: int = 4,
+    turn_chars: int = 200,
+) -> RouterView:
+    redactor = redactor or Redactor()
+    scan = query_chars * 4 + 200  # clip squashes whitespace: redact enough to cover what it keeps
+    q = redactor.redact(req.query, limit=scan)
+    turns: list[Turn] = []
+    earlier_redactions = 0
+    recent = req.history[-thread_turns:] if thread_turns else ()
+    for t in recent:
+        if not t.content.strip():
+            continue
+        r = redactor.redact(t.content, limit=turn_chars * 4 + 200)
+        earlier_redactions += r.count
+        turns.append(Turn(role=t.role, content=clip(r.text, turn_chars)))
+    disclosure = Disclosure(
+        query_redactions=q.count,
+        query_truncated=len(squash(req.query[: scan + 1])) > query_chars,
+        earlier_messages=len(turns),
+        earlier_redactions=earlier_redactions,
+    )
+    return RouterView(clip(q.text, query_chars), tuple(turns), disclosure)
+
+
+def build_messages(
+    req: RouteRequest, inv: Inventory, hint: LocalHint | None = None, view: RouterView | None = None
+) -> list[dict[str, str]]:
     lines = [
         "Models (name | status | size | params | specialisations | scores "
         + "/".join(QUERY_TYPES)
@@ -137,16 +190,17 @@ def build_messages(req: RouteRequest, inv: Inventory, hint: LocalHint | None = N
         lines.append(
             f"Local classifier: {hint.query_type}, {hint.complexity} (confidence {hint.confidence:.2f})."
         )
-    turns = recent_turns(req.history)
+    view = view or router_view(req)
+    turns = view.turns
     if turns:
         lines.append("Thread, oldest first, clipped:")
         lines.append("<thread>")
         lines += [f"[{t.role}] {_delimit(t.content, 'thread')}" for t in turns]
         lines.append("</thread>")
         last_user = next((t for t in reversed(turns) if t.role == "user"), None)
-        if last_user and len(req.query.split()) <= SHORT_QUERY_WORDS:
+        if last_user and len(view.query.split()) <= SHORT_QUERY_WORDS:
             lines.append(f'This is a follow-up to: "{clip(_delimit(last_user.content, "thread"), 120)}"')
-    lines += ["<query>", _delimit(clip(req.query, QUERY_CHARS), "query"), "</query>"]
+    lines += ["<query>", _delimit(view.query, "query"), "</query>"]
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": "\n".join(lines)}]
 
 
@@ -177,6 +231,18 @@ class MetaRouter:
         # retries 429 and 5xx alike), and no wait may outlast the decision timeout (the library honours
         # Retry-After up to two minutes).
         self._client = client.with_options(max_retries=0) if client is not None else None
+        self._redactor = Redactor.from_settings(settings)
+
+    def view(self, req: RouteRequest) -> RouterView:
+        """Exactly what a call for `req` sends of the conversation (and the facts to tell the user)."""
+        s = self._settings
+        return router_view(
+            req,
+            self._redactor,
+            query_chars=s.router_query_chars,
+            thread_turns=s.router_thread_turns,
+            turn_chars=s.router_turn_chars,
+        )
 
     @property
     def available(self) -> bool:
@@ -195,7 +261,7 @@ class MetaRouter:
             raise MetaRouterFailure("no_api_key")
         body = {
             "model": self._settings.meta_router_model,
-            "messages": build_messages(req, inv, local_hint),
+            "messages": build_messages(req, inv, local_hint, self.view(req)),
             "response_format": {
                 "type": "json_schema",
                 "json_schema": {
@@ -291,4 +357,18 @@ class MetaRouter:
             # Locations and error types only: the input may quote the user's question.
             where = "; ".join(f"{'.'.join(map(str, e['loc'])) or '$'}: {e['type']}" for e in exc.errors()[:3])
             raise invalid(where) from None
+        if _echoes_prompt(answer.reasoning):
+            # a question that talked the router into quoting its instructions: the user sees the reasoning
+            answer = answer.model_copy(update={"reasoning": "(The router's explanation was withheld.)"})
         return Decision(**answer.model_dump(), source="openai")
+
+
+_PROMPT_PHRASES = tuple(
+    p for p in (squash(x).lower() for x in re.split(r"[.:\n]", SYSTEM_PROMPT)) if len(p) >= 30
+)
+
+
+def _echoes_prompt(text: str) -> bool:
+    """True when the text quotes a sentence of the router's instructions."""
+    flat = squash(text).lower()
+    return any(p in flat for p in _PROMPT_PHRASES)

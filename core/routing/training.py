@@ -1,23 +1,34 @@
 """Training the local router's classifier, offline: `python -m core.routing.training`.
 
-Reads the project's own examples (core/data/router_examples/{type}.jsonl and threads.jsonl), picks the
-classifier by cross-validation on them, fits a calibration temperature on held-out folds, fits the
-thread mixing weights on threads.jsonl, and writes core/data/local_router.npz. scikit-learn and scipy
-are needed here only; inference (core/routing/local.py) is numpy.
+Reads the project's own examples (core/data/router_examples/{type}.jsonl and threads.jsonl) and writes
+core/data/local_router.npz. Steps:
 
-Cross-validation groups near-duplicate examples (cosine >= GROUP_COSINE) into one fold, so a template
-written five times with other numbers cannot flatter a model that memorises it.
+1. features: MiniLM embedding + form features (dense), hashed tf-idf (lexical);
+2. for every candidate dense and lexical classifier, out-of-fold logits from grouped 5-fold
+   cross-validation. A group is a run of BLOCK consecutive examples of a file: authors write in
+   batches of one style (search-style, multilingual, multiple choice...), so held-out folds differ in
+   style from the training folds, as real questions differ from our examples, and a template written
+   five times with other numbers cannot flatter a model that memorises it. (Joining near-duplicates
+   across blocks as well chained 434 of the 554 reasoning examples into one group, leaving folds
+   without most reasoning styles: too pessimistic to choose by.)
+3. per pair, the blend share and temperature that minimise the held-out log-loss (this calibrates the
+   confidence); the pair with the best held-out macro-F1 wins and is refitted on all examples;
+4. the thread mixing weights, fitted on threads.jsonl.
+
+scikit-learn and scipy are needed here only; inference (core/routing/local.py) is numpy.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,19 +36,25 @@ import numpy as np
 from core.routing.embedding import MiniLMEncoder
 from core.routing.local import (
     DEFAULT_ARTIFACT,
+    LEX_SIZE,
     QUERY_TOKENS,
     LocalRouter,
     TrainedModel,
     form_features,
+    lexical_counts,
+    lexical_vector,
+    log_softmax,
+    mlp_forward,
     softmax,
     thread_mix,
 )
 from core.types import QUERY_TYPES, Turn
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "data" / "router_examples"
-GROUP_COSINE = 0.9
+BLOCK = 60
 FOLDS = 5
-THREAD_START = np.array([0.0, -0.5, 2.0, 0.7])
+THREAD_START = np.array([-8.0, 2.0, 4.0, 1.0])  # until fitted: trust the thread over a short follow-up
+SWITCH_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -54,24 +71,27 @@ class ThreadExample:
 
 
 @dataclass(frozen=True)
-class ClassifierConfig:
-    """One candidate: regularisation strength, optional hidden layer, and whether to add form features."""
-
-    c: float = 1.0
-    hidden: int = 0  # 0: multinomial logistic regression; else one ReLU layer of this width
-    form: bool = True
+class DenseConfig:
+    hidden: int = (
+        0  # 0: multinomial logistic regression (strength = C); else one ReLU layer (strength = L2 alpha)
+    )
+    strength: float = 0.01
 
     def describe(self) -> str:
-        kind = f"mlp{self.hidden}" if self.hidden else "logreg"
-        return f"{kind} C={self.c:g}{' +form' if self.form else ''}"
+        return f"mlp{self.hidden} alpha={self.strength:g}" if self.hidden else f"logreg C={self.strength:g}"
 
 
-CANDIDATES: tuple[ClassifierConfig, ...] = (
-    *(ClassifierConfig(c=c, form=True) for c in (0.03, 0.1, 0.3, 1.0, 3.0)),
-    *(ClassifierConfig(c=c, form=False) for c in (0.1, 0.3, 1.0)),
-    ClassifierConfig(c=1.0, hidden=128),
-    ClassifierConfig(c=0.3, hidden=128),
-)
+@dataclass(frozen=True)
+class ClassifierConfig:
+    dense: DenseConfig = DenseConfig()
+    lexical_c: float = 30.0
+
+    def describe(self) -> str:
+        return f"{self.dense.describe()} + lexical logreg C={self.lexical_c:g}"
+
+
+DENSE_CANDIDATES = (DenseConfig(0, 0.01), DenseConfig(256, 0.1), DenseConfig(256, 0.3))
+LEXICAL_CANDIDATES = (10.0, 30.0)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -81,8 +101,7 @@ CANDIDATES: tuple[ClassifierConfig, ...] = (
 def load_examples(directory: Path = EXAMPLES_DIR) -> list[Example]:
     rows: list[Example] = []
     for label in QUERY_TYPES:
-        path = directory / f"{label}.jsonl"
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in (directory / f"{label}.jsonl").read_text(encoding="utf-8").splitlines():
             if line.strip():
                 row = json.loads(line)
                 rows.append(Example(text=row["text"], label=row.get("label", label)))
@@ -113,9 +132,9 @@ def examples_hash(examples: Sequence[Example], threads: Sequence[ThreadExample] 
 
 
 def featurize(encoder: MiniLMEncoder, texts: Sequence[str], max_tokens: int = QUERY_TOKENS) -> np.ndarray:
-    """Embedding + form features for many texts: the same vector LocalRouter.features builds for one."""
+    """Embedding + form features for many texts: the vector LocalRouter.features builds for one."""
     embeddings = encoder.encode(texts, max_tokens=max_tokens)
-    forms = np.stack([form_features(t) for t in texts]) if texts else np.zeros((0, 0), np.float32)
+    forms = np.stack([form_features(t) for t in texts])
     return np.concatenate([embeddings, forms], axis=1)
 
 
@@ -137,8 +156,7 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
     """Mean |accuracy - confidence| over equal-width confidence bins, weighted by bin size."""
     confidence = np.asarray(confidence, dtype=float)
     correct = np.asarray(correct, dtype=float)
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    which = np.clip(np.digitize(confidence, np.linspace(0.0, 1.0, bins + 1)[1:-1], right=True), 0, bins - 1)
     total = 0.0
     for b in range(bins):
         in_bin = which == b
@@ -148,108 +166,120 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
 
 
 # --------------------------------------------------------------------------------------------------
-# Fitting
+# The two classifiers
 
 
-def _groups(embeddings: np.ndarray, threshold: float = GROUP_COSINE) -> np.ndarray:
-    """Connected components of the 'near-duplicate' graph (cosine >= threshold)."""
-    n = len(embeddings)
-    parent = np.arange(n)
+@dataclass(frozen=True)
+class _Dense:
+    mean: np.ndarray
+    scale: np.ndarray
+    weights: tuple[np.ndarray, ...]
+    biases: tuple[np.ndarray, ...]
 
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return int(i)
-
-    sims = embeddings @ embeddings.T
-    for i, j in zip(*np.nonzero(np.triu(sims >= threshold, k=1)), strict=True):
-        ri, rj = find(int(i)), find(int(j))
-        if ri != rj:
-            parent[ri] = rj
-    return np.array([find(i) for i in range(n)])
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        return mlp_forward(x, self.mean, self.scale, self.weights, self.biases)
 
 
-def _fit(config: ClassifierConfig, x: np.ndarray, y: np.ndarray, seed: int) -> tuple[list, list]:
-    """Fit one candidate on standardised features; returns (weights, biases) as x @ w + b layers.
-
-    `y` holds indices into QUERY_TYPES, so the output columns come out in QUERY_TYPES order."""
+def _fit_dense(config: DenseConfig, x: np.ndarray, y: np.ndarray, seed: int) -> _Dense:
+    """`y` holds indices into QUERY_TYPES, so output columns come out in QUERY_TYPES order."""
+    mean = x.mean(0).astype(np.float32)
+    scale = x.std(0).astype(np.float32)
+    scale[scale < 1e-6] = 1.0  # a feature constant in training carries no signal; keep it finite
+    z = (x - mean) / scale
     if config.hidden:
         from sklearn.neural_network import MLPClassifier
 
-        mlp = MLPClassifier(
-            hidden_layer_sizes=(config.hidden,),
-            alpha=1.0 / (config.c * len(x)),
-            max_iter=400,
-            early_stopping=False,
-            random_state=seed,
+        mlp = MLPClassifier((config.hidden,), alpha=config.strength, max_iter=400, random_state=seed).fit(
+            z, y
         )
-        mlp.fit(x, y)
-        return [w.astype(np.float32) for w in mlp.coefs_], [b.astype(np.float32) for b in mlp.intercepts_]
-    from sklearn.linear_model import LogisticRegression
+        weights, biases = mlp.coefs_, mlp.intercepts_
+    else:
+        from sklearn.linear_model import LogisticRegression
 
-    lr = LogisticRegression(C=config.c, max_iter=3000)
-    lr.fit(x, y)
-    return [lr.coef_.T.astype(np.float32)], [lr.intercept_.astype(np.float32)]
-
-
-def _standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    mean = x.mean(0)
-    scale = x.std(0)
-    scale[scale < 1e-6] = 1.0  # a feature constant in training carries no signal; keep it finite
-    return mean.astype(np.float32), scale.astype(np.float32)
-
-
-def _columns(config: ClassifierConfig, features: np.ndarray, dim: int) -> np.ndarray:
-    return features if config.form else features[:, :dim]
-
-
-def _model(
-    config: ClassifierConfig, features: np.ndarray, y: np.ndarray, dim: int, seed: int
-) -> TrainedModel:
-    x = _columns(config, features, dim)
-    mean, scale = _standardiser(x)
-    weights, biases = _fit(config, (x - mean) / scale, y, seed)
-    if not config.form:
-        # the artifact always takes the full feature vector: form features get zero weight
-        extra = features.shape[1] - dim
-        weights[0] = np.concatenate([weights[0], np.zeros((extra, weights[0].shape[1]), np.float32)])
-        mean = np.concatenate([mean, np.zeros(extra, np.float32)])
-        scale = np.concatenate([scale, np.ones(extra, np.float32)])
-    return TrainedModel(
-        labels=QUERY_TYPES,
-        mean=mean,
-        scale=scale,
-        weights=tuple(weights),
-        biases=tuple(biases),
-        temperature=1.0,
-        thread=THREAD_START.copy(),
-        data_hash="",
+        lr = LogisticRegression(C=config.strength, max_iter=3000).fit(z, y)
+        weights, biases = [lr.coef_.T], [lr.intercept_]
+    return _Dense(
+        mean, scale, tuple(w.astype(np.float32) for w in weights), tuple(b.astype(np.float32) for b in biases)
     )
 
 
-def _oof_logits(
-    config: ClassifierConfig, features: np.ndarray, y: np.ndarray, groups: np.ndarray, dim: int, seed: int
+Counts = tuple[Counter[int], Counter[int]]
+
+
+@dataclass(frozen=True)
+class _Lexical:
+    idf: np.ndarray
+    weights: np.ndarray
+    bias: np.ndarray
+
+    def logits(self, counts: Sequence[Counts]) -> np.ndarray:
+        return _lexical_matrix(counts, self.idf) @ self.weights + self.bias
+
+
+def _lexical_matrix(counts: Sequence[Counts], idf: np.ndarray):  # -> scipy.sparse.csr_matrix
+    from scipy.sparse import csr_matrix
+
+    rows, cols, vals = [], [], []
+    for r, c in enumerate(counts):
+        idx, val = lexical_vector(c, idf)
+        rows.append(np.full(len(idx), r))
+        cols.append(idx)
+        vals.append(val)
+    return csr_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+        shape=(len(counts), 2 * LEX_SIZE),
+    )
+
+
+def _fit_lexical(c: float, counts: Sequence[Counts], y: np.ndarray) -> _Lexical:
+    from sklearn.linear_model import LogisticRegression
+
+    # smoothed idf, as scikit-learn's TfidfVectorizer computes it
+    df = np.zeros((2, LEX_SIZE))
+    for doc in counts:
+        for block in (0, 1):
+            df[block, list(doc[block])] += 1
+    idf = (np.log((1 + len(counts)) / (1 + df)) + 1).astype(np.float32)
+    lr = LogisticRegression(C=c, max_iter=3000).fit(_lexical_matrix(counts, idf), y)
+    return _Lexical(idf, lr.coef_.T.astype(np.float32), lr.intercept_.astype(np.float32))
+
+
+def fit_blend(dense_logits: np.ndarray, lexical_logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(dense share, temperature) minimising the log-loss of the blend on held-out logits."""
+    from scipy.optimize import minimize
+
+    ld, ll = log_softmax(dense_logits), log_softmax(lexical_logits)
+
+    def nll(log_ab: np.ndarray) -> float:
+        a, b = np.exp(log_ab)
+        p = softmax(a * ld + b * ll)
+        return float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None)).mean())
+
+    a, b = np.exp(minimize(nll, np.zeros(2), method="Nelder-Mead", options={"xatol": 1e-4}).x)
+    return float(a / (a + b)), float(1.0 / (a + b))
+
+
+def _blend(
+    dense_logits: np.ndarray, lexical_logits: np.ndarray, share: float, temperature: float
 ) -> np.ndarray:
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    logits = np.zeros((len(y), len(QUERY_TYPES)))
-    folds = StratifiedGroupKFold(n_splits=FOLDS, shuffle=True, random_state=seed)
-    for train_idx, test_idx in folds.split(features, y, groups):
-        model = _model(config, features[train_idx], y[train_idx], dim, seed)
-        logits[test_idx] = model.logits(features[test_idx])
-    return logits
+    return softmax(
+        (share * log_softmax(dense_logits) + (1 - share) * log_softmax(lexical_logits)) / temperature
+    )
 
 
-def fit_temperature(logits: np.ndarray, y_idx: np.ndarray) -> float:
-    """The T minimising the negative log-likelihood of softmax(logits / T) on held-out predictions."""
-    from scipy.optimize import minimize_scalar
+def _groups(labels: np.ndarray) -> np.ndarray:
+    """Cross-validation groups: runs of BLOCK consecutive examples of one label (shorter runs when a
+    label has too few examples to give every fold some)."""
+    group = np.zeros(len(labels), dtype=int)
+    for label in np.unique(labels):
+        rows = np.flatnonzero(labels == label)
+        block = max(1, min(BLOCK, len(rows) // FOLDS))
+        group[rows] = int(label) * 100_000 + np.arange(len(rows)) // block
+    return group
 
-    def nll(log_t: float) -> float:
-        p = softmax(logits / math.exp(log_t))
-        return float(-np.log(np.clip(p[np.arange(len(y_idx)), y_idx], 1e-12, None)).mean())
 
-    return float(math.exp(minimize_scalar(nll, bounds=(-3.0, 3.0), method="bounded").x))
+# --------------------------------------------------------------------------------------------------
+# Threads
 
 
 @dataclass(frozen=True)
@@ -264,14 +294,18 @@ class _ThreadInputs:
 def _thread_inputs(router: LocalRouter, threads: Sequence[ThreadExample]) -> list[_ThreadInputs]:
     out = []
     for th in threads:
-        p_query, pieces = router._text_probs(th.query, router.model.query_tokens)
+        p_query, pieces = router.text_probs(th.query, router.model.query_tokens)
         p_users, p_answer = router.history_probs(th.history)
         out.append(_ThreadInputs(p_query, pieces, p_users, p_answer, QUERY_TYPES.index(th.label)))  # type: ignore[arg-type]
     return out
 
 
-def fit_thread_weights(inputs: Sequence[_ThreadInputs], start: np.ndarray = THREAD_START) -> np.ndarray:
-    """Mixing weights minimising the thread examples' negative log-likelihood (lightly regularised)."""
+def fit_thread_weights(inputs: Sequence[_ThreadInputs]) -> np.ndarray:
+    """Mixing weights minimising the thread examples' log-loss.
+
+    The loss has poor local minima (a follow-up's own confidence and length pull in opposite
+    directions on the two kinds of example), so a coarse grid picks the start of the local search.
+    """
     from scipy.optimize import minimize
 
     def loss(params: np.ndarray) -> float:
@@ -279,18 +313,17 @@ def fit_thread_weights(inputs: Sequence[_ThreadInputs], start: np.ndarray = THRE
         for t in inputs:
             p = thread_mix(t.p_query, t.pieces, t.p_users, t.p_answer, params)
             total -= math.log(max(float(p[t.label]), 1e-9))
-        return total / len(inputs) + 0.01 * float(np.sum((params - start) ** 2))
+        return total / len(inputs) + 1e-4 * float(params @ params)
 
-    result = minimize(
-        loss, start, method="Nelder-Mead", options={"maxiter": 2000, "xatol": 1e-4, "fatol": 1e-6}
-    )
-    params = result.x.copy()
+    grid = itertools.product((-12.0, -8.0, -4.0, 0.0), (0.0, 1.0, 2.0, 3.0), (0.0, 2.0, 4.0, 8.0), (0.5, 1.0))
+    start = min((np.array(g) for g in grid), key=loss)
+    params = minimize(loss, start, method="Nelder-Mead", options={"maxiter": 4000, "xatol": 1e-4}).x.copy()
     params[3] = min(max(params[3], 0.0), 1.0)
     return params
 
 
-def _thread_cv(inputs: Sequence[_ThreadInputs], seed: int) -> float:
-    """Macro-F1 of the thread mixing when its weights are fitted on the other folds."""
+def _thread_cv(inputs: Sequence[_ThreadInputs], seed: int) -> np.ndarray:
+    """Predictions of the thread mixing when its weights are fitted on the other folds."""
     from sklearn.model_selection import StratifiedKFold
 
     labels = np.array([t.label for t in inputs])
@@ -300,8 +333,65 @@ def _thread_cv(inputs: Sequence[_ThreadInputs], seed: int) -> float:
         for i in test_idx:
             t = inputs[i]
             predicted[i] = int(np.argmax(thread_mix(t.p_query, t.pieces, t.p_users, t.p_answer, params)))
-    names = [QUERY_TYPES[i] for i in labels]
-    return macro_f1(names, [QUERY_TYPES[i] for i in predicted])
+    return predicted
+
+
+def topic_switches(threads: Sequence[ThreadExample], share: float = SWITCH_SHARE) -> list[ThreadExample]:
+    """Threads whose next message is a new, self-contained question of another type (another thread's
+    opening question). threads.jsonl holds only follow-ups that stay on topic; without these the fitted
+    weights would trust the thread even over a full new question."""
+    openers = [
+        (th.history[0].content, th.label) for th in threads if th.history and th.history[0].role == "user"
+    ]
+    n = int(len(threads) * share)
+    out = []
+    for k in range(n):
+        th = threads[k * len(threads) // n]
+        for step in range(1, len(openers)):
+            text, label = openers[(k * 37 + step) % len(openers)]
+            if label != th.label:
+                out.append(ThreadExample(history=th.history, query=text, label=label))
+                break
+    return out
+
+
+def fit_threads(
+    model: TrainedModel,
+    encoder: MiniLMEncoder,
+    threads: Sequence[ThreadExample],
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> TrainedModel:
+    """The model with its thread mixing weights fitted on `threads` plus topic switches built from them."""
+    switches = topic_switches(threads)
+    router = LocalRouter(encoder, model)
+    inputs = _thread_inputs(router, [*threads, *switches])
+    truth = [QUERY_TYPES[t.label] for t in inputs]
+    alone = [QUERY_TYPES[int(np.argmax(t.p_query))] for t in inputs]
+    mixed = [QUERY_TYPES[i] for i in _thread_cv(inputs, seed)]
+    n = len(threads)
+    switch_acc = (
+        float(np.mean([a == b for a, b in zip(truth[n:], mixed[n:], strict=True)])) if switches else 0.0
+    )
+    params = fit_thread_weights(inputs)
+    info = {
+        **model.info,
+        "threads": n,
+        "topic_switches": len(switches),
+        "followup_alone_macro_f1": round(macro_f1(truth[:n], alone[:n]), 4),
+        "thread_cv_macro_f1": round(macro_f1(truth[:n], mixed[:n]), 4),
+        "topic_switch_cv_accuracy": round(switch_acc, 4),
+        "thread_params": [round(float(p), 4) for p in params],
+    }
+    log(
+        f"threads: follow-up alone macro-F1 {info['followup_alone_macro_f1']}; with the thread (cv) "
+        f"{info['thread_cv_macro_f1']}; topic switches (cv) accuracy {switch_acc:.4f}; "
+        f"params {params.round(3)}"
+    )
+    return replace(model, thread=params, info=info)
+
+
+# --------------------------------------------------------------------------------------------------
 
 
 def train(
@@ -310,79 +400,94 @@ def train(
     *,
     encoder: MiniLMEncoder | None = None,
     config: ClassifierConfig | None = None,
-    candidates: Sequence[ClassifierConfig] = CANDIDATES,
     seed: int = 0,
     log: Callable[[str], None] = print,
 ) -> TrainedModel:
-    """Fit the classifier (chosen by grouped cross-validation unless `config` is given), its
-    temperature and the thread weights. Deterministic for a given seed."""
+    """Fit the classifiers (chosen by grouped cross-validation unless `config` is given), their blend
+    and temperature, and the thread weights. Deterministic for a given seed."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
     started = time.perf_counter()
-    encoder = encoder or MiniLMEncoder.load()
-    texts = [e.text for e in examples]
     unknown = {e.label for e in examples} - set(QUERY_TYPES)
     if unknown:
         raise ValueError(f"unknown labels {sorted(unknown)}")
+    encoder = encoder or MiniLMEncoder.load()
+    texts = [e.text for e in examples]
     y = np.array([QUERY_TYPES.index(e.label) for e in examples])  # type: ignore[arg-type]
-    features = featurize(encoder, texts)
-    dim = encoder.dim
-    groups = _groups(features[:, :dim])
+    dense_x = featurize(encoder, texts)
+    counts = [lexical_counts(t) for t in texts]
+    groups = _groups(y)
     log(
-        f"{len(texts)} examples, {len(set(groups))} near-duplicate groups, encoded in "
+        f"{len(texts)} examples in {len(set(groups))} cross-validation groups, featurised in "
         f"{time.perf_counter() - started:.1f}s"
     )
 
-    results: dict[ClassifierConfig, tuple[float, np.ndarray]] = {}
-    for cand in [config] if config else candidates:
-        logits = _oof_logits(cand, features, y, groups, dim, seed)
-        f1 = macro_f1([e.label for e in examples], [QUERY_TYPES[i] for i in logits.argmax(1)])
-        results[cand] = (f1, logits)
-        log(f"  cv {cand.describe():24s} macro-F1 {f1:.4f}")
-    # ties go to the simpler (earlier-listed, linear) candidate
-    chosen = max(results, key=lambda c: (round(results[c][0], 3), -list(results).index(c)))
-    cv_f1, oof = results[chosen]
-    temperature = fit_temperature(oof, y)
-    oof_conf = softmax(oof / temperature).max(1)
-    ece = expected_calibration_error(oof_conf, oof.argmax(1) == y)
-    log(f"chosen {chosen.describe()}: cv macro-F1 {cv_f1:.4f}, T {temperature:.3f}, cv ECE {ece:.4f}")
+    dense_cands = [config.dense] if config else list(DENSE_CANDIDATES)
+    lexical_cands = [config.lexical_c] if config else list(LEXICAL_CANDIDATES)
+    oof_dense = {c: np.zeros((len(y), len(QUERY_TYPES))) for c in dense_cands}
+    oof_lex = {c: np.zeros((len(y), len(QUERY_TYPES))) for c in lexical_cands}
+    folds = StratifiedGroupKFold(n_splits=FOLDS, shuffle=True, random_state=seed)
+    for tr, te in folds.split(dense_x, y, groups):
+        for dc in dense_cands:
+            oof_dense[dc][te] = _fit_dense(dc, dense_x[tr], y[tr], seed).logits(dense_x[te])
+        for lc in lexical_cands:
+            oof_lex[lc][te] = _fit_lexical(lc, [counts[i] for i in tr], y[tr]).logits([counts[i] for i in te])
 
-    model = _model(chosen, features, y, dim, seed)
-    model = _replace(model, temperature=temperature)
+    labels = [e.label for e in examples]
+
+    def f1_of(logits: np.ndarray) -> float:
+        return macro_f1(labels, [QUERY_TYPES[i] for i in logits.argmax(1)])
+
+    for dc in dense_cands:
+        log(f"  cv {dc.describe():32s} macro-F1 {f1_of(oof_dense[dc]):.4f}")
+    for lc in lexical_cands:
+        log(f"  cv {'lexical logreg C=' + format(lc, 'g'):32s} macro-F1 {f1_of(oof_lex[lc]):.4f}")
+    best: tuple[float, ClassifierConfig, float, float, np.ndarray] | None = None
+    for dc in dense_cands:
+        for lc in lexical_cands:
+            share, temperature = fit_blend(oof_dense[dc], oof_lex[lc], y)
+            probs = _blend(oof_dense[dc], oof_lex[lc], share, temperature)
+            f1 = f1_of(probs)
+            cand = ClassifierConfig(dc, lc)
+            log(
+                f"  cv blend {cand.describe():48s} macro-F1 {f1:.4f} "
+                f"(dense share {share:.2f}, T {temperature:.2f})"
+            )
+            if best is None or round(f1, 3) > round(best[0], 3):  # ties keep the earlier, simpler one
+                best = (f1, cand, share, temperature, probs)
+    assert best is not None
+    cv_f1, chosen, share, temperature, oof_probs = best
+    ece = expected_calibration_error(oof_probs.max(1), oof_probs.argmax(1) == y)
+    log(f"chosen {chosen.describe()}: cv macro-F1 {cv_f1:.4f}, cv ECE {ece:.4f}")
+
+    dense = _fit_dense(chosen.dense, dense_x, y, seed)
+    lexical = _fit_lexical(chosen.lexical_c, counts, y)
     info: dict[str, object] = {
         "classifier": chosen.describe(),
         "examples": len(texts),
         "cv_macro_f1": round(cv_f1, 4),
         "cv_ece": round(ece, 4),
-        "temperature": round(temperature, 4),
         "query_tokens": QUERY_TOKENS,
     }
+    model = TrainedModel(
+        labels=QUERY_TYPES,
+        mean=dense.mean,
+        scale=dense.scale,
+        weights=dense.weights,
+        biases=dense.biases,
+        lex_idf=lexical.idf,
+        lex_weights=lexical.weights,
+        lex_bias=lexical.bias,
+        dense_share=share,
+        temperature=temperature,
+        thread=THREAD_START.copy(),
+        data_hash=examples_hash(examples, threads),
+        info=info,
+    )
     if threads:
-        router = LocalRouter(encoder, model)
-        inputs = _thread_inputs(router, threads)
-        alone = macro_f1(
-            [th.label for th in threads], [QUERY_TYPES[int(np.argmax(t.p_query))] for t in inputs]
-        )
-        thread_cv = _thread_cv(inputs, seed)
-        params = fit_thread_weights(inputs)
-        model = _replace(model, thread=params)
-        info.update(
-            threads=len(threads),
-            thread_cv_macro_f1=round(thread_cv, 4),
-            followup_alone_macro_f1=round(alone, 4),
-            thread_params=[round(float(p), 4) for p in params],
-        )
-        log(
-            f"threads: follow-up alone macro-F1 {alone:.4f}; mixed (cv) {thread_cv:.4f}; "
-            f"params {params.round(3)}"
-        )
-    model = _replace(model, data_hash=examples_hash(examples, threads), info=info)
+        model = fit_threads(model, encoder, threads, seed, log)
     log(f"trained in {time.perf_counter() - started:.1f}s")
     return model
-
-
-def _replace(model: TrainedModel, **changes: object) -> TrainedModel:
-    from dataclasses import replace
-
-    return replace(model, **changes)  # type: ignore[arg-type]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

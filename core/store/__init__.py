@@ -6,12 +6,23 @@ store = Store(engine, store_question_text=settings.store_question_text)
 """
 
 from core.store.engine import alembic_config, async_url, create_engine, session_factory, upgrade_database
-from core.store.repository import MessageRef, Store, UnfinishedAnswer, query_hash
+from core.store.repository import (
+    MessageRef,
+    ModelEventRecord,
+    RequestRecord,
+    Store,
+    UnfinishedAnswer,
+    UsageTotals,
+    query_hash,
+)
 
 __all__ = [
     "MessageRef",
+    "ModelEventRecord",
+    "RequestRecord",
     "Store",
     "UnfinishedAnswer",
+    "UsageTotals",
     "alembic_config",
     "async_url",
     "create_engine",

@@ -182,3 +182,17 @@ class ModelEvent(Base):
     kind: Mapped[str] = mapped_column(String)  # pull | pull_failed | remove | load
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     detail: Mapped[dict[str, Any] | None] = mapped_column()
+
+
+class JobRun(Base):
+    """One firing of a scheduled job. The (job, fire time) key is claimed by the first replica to
+    insert it, so a firing runs once across replicas; the latest row is the job's last-run state."""
+
+    __tablename__ = "job_runs"
+
+    job_id: Mapped[str] = mapped_column(String, primary_key=True)
+    fire_time: Mapped[datetime] = mapped_column(primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column()
+    status: Mapped[str] = mapped_column(String)  # running | ok | error | missed
+    error: Mapped[str | None] = mapped_column(Text)

@@ -30,6 +30,7 @@ from core.store.models import (
     Conversation,
     EventClaim,
     Feedback,
+    JobRun,
     ModelEvent,
     Request,
     RouterCall,
@@ -40,7 +41,9 @@ from core.types import Decision, ModelStats, normalise_model_name
 FINAL_STATUSES = frozenset({"ok", "error", "incomplete"})
 # answers that count as the model having answered (a broken-off stream still showed text)
 GENERATED_STATUSES = ("ok", "incomplete")
-MODEL_EVENT_KINDS = frozenset({"pull", "pull_failed", "remove", "load"})
+# prepull / evict mark the pulls and removals the forecast job made (the Generator's own pull and
+# remove events record that they happened; these say why)
+MODEL_EVENT_KINDS = frozenset({"pull", "pull_failed", "remove", "load", "prepull", "evict"})
 
 
 def query_hash(query: str) -> str:
@@ -65,6 +68,48 @@ class UnfinishedAnswer:
     host: str
     started_at: datetime
     messages: tuple[MessageRef, ...]
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One request as reports see it: the decision, the answer (if any) and its ratings."""
+
+    created_at: datetime
+    query_type: str
+    source: str
+    fallback_reason: str | None
+    decision_ms: float
+    cost_usd: float
+    recommended_model: str
+    model: str | None  # the model that answered; None when no answer was generated
+    status: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    positive: int
+    negative: int
+
+
+@dataclass(frozen=True)
+class ModelEventRecord:
+    model: str
+    host: str
+    kind: str
+    created_at: datetime
+    detail: Any
+
+
+@dataclass(frozen=True)
+class UsageTotals:
+    """All-time counts for /metrics; histograms as cumulative counts at each bound (ms)."""
+
+    requests: dict[str, int]  # source -> n
+    fallbacks: dict[str, int]  # reason -> n
+    feedback: dict[int, int]  # rating -> n
+    model_events: dict[str, int]  # kind -> n
+    answers: dict[str, int]  # status -> n
+    decision_ms: tuple[list[int], int, float]  # (cumulative count per bound, count, sum)
+    generation_ms: tuple[list[int], int, float]
+    completion_tokens: int
 
 
 class Store:
@@ -402,3 +447,173 @@ class Store:
             raise ValueError(f"kind must be one of {sorted(MODEL_EVENT_KINDS)}, not {kind!r}")
         async with self._tx() as s:
             s.add(ModelEvent(model=normalise_model_name(model), host=host, kind=kind, detail=detail))
+
+    # --- reports, forecasts and scheduled jobs --------------------------------------------------
+
+    async def request_records(self, since: datetime) -> list[RequestRecord]:
+        """Every request since `since`, oldest first, with its (last) answer and that answer's ratings."""
+        ratings = (
+            select(
+                Feedback.answer_id.label("answer_id"),
+                func.sum(case((Feedback.rating > 0, 1), else_=0)).label("pos"),
+                func.sum(case((Feedback.rating < 0, 1), else_=0)).label("neg"),
+            )
+            .group_by(Feedback.answer_id)
+            .subquery()
+        )
+        stmt = (
+            select(
+                Request.id,
+                Request.created_at,
+                Request.query_type,
+                Request.source,
+                Request.fallback_reason,
+                Request.decision_ms,
+                Request.cost_usd,
+                Request.recommended_model,
+                Answer.model,
+                Answer.status,
+                Answer.prompt_tokens,
+                Answer.completion_tokens,
+                ratings.c.pos,
+                ratings.c.neg,
+            )
+            .outerjoin(Answer, Answer.request_id == Request.id)
+            .outerjoin(ratings, ratings.c.answer_id == Answer.id)
+            .where(Request.created_at >= since)
+            .order_by(Request.id, Answer.id)
+        )
+        async with self._tx() as s:
+            rows = (await s.execute(stmt)).all()
+        by_request: dict[int, RequestRecord] = {}
+        for r in rows:  # a later answer to the same request (a retry) replaces the earlier one
+            by_request[r[0]] = RequestRecord(
+                created_at=r[1],
+                query_type=r[2],
+                source=r[3],
+                fallback_reason=r[4],
+                decision_ms=r[5],
+                cost_usd=r[6],
+                recommended_model=r[7],
+                model=r[8],
+                status=r[9],
+                prompt_tokens=int(r[10] or 0),
+                completion_tokens=int(r[11] or 0),
+                positive=int(r[12] or 0),
+                negative=int(r[13] or 0),
+            )
+        return list(by_request.values())
+
+    async def answer_times(self, since: datetime) -> list[tuple[str, datetime]]:
+        """(model, when) of every generated answer since `since`: the forecast's usage history."""
+        async with self._tx() as s:
+            rows = (
+                await s.execute(
+                    select(Answer.model, Answer.created_at)
+                    .where(Answer.created_at >= since, Answer.status.in_(GENERATED_STATUSES))
+                    .order_by(Answer.created_at)
+                )
+            ).all()
+        return [(m, t) for m, t in rows]
+
+    async def model_events(self, since: datetime) -> list[ModelEventRecord]:
+        async with self._tx() as s:
+            rows = (
+                await s.execute(
+                    select(
+                        ModelEvent.model,
+                        ModelEvent.host,
+                        ModelEvent.kind,
+                        ModelEvent.created_at,
+                        ModelEvent.detail,
+                    )
+                    .where(ModelEvent.created_at >= since)
+                    .order_by(ModelEvent.id)
+                )
+            ).all()
+        return [ModelEventRecord(*r) for r in rows]
+
+    async def claim_job_run(self, job_id: str, fire_time: datetime, status: str = "running") -> bool:
+        """True for the one replica that claims this firing of the job; False for every other."""
+        now = utcnow()
+        stmt = (
+            self._insert(JobRun)
+            .values(job_id=job_id, fire_time=fire_time, started_at=now, status=status)
+            .on_conflict_do_nothing(index_elements=["job_id", "fire_time"])
+            .returning(JobRun.job_id)
+        )
+        async with self._tx() as s:
+            return (await s.execute(stmt)).scalar_one_or_none() is not None
+
+    async def finish_job_run(
+        self, job_id: str, fire_time: datetime, status: str, error: str | None = None
+    ) -> None:
+        async with self._tx() as s:
+            await s.execute(
+                update(JobRun)
+                .where(JobRun.job_id == job_id, JobRun.fire_time == fire_time)
+                .values(status=status, error=error, finished_at=utcnow())
+            )
+
+    async def last_job_fire(self, job_id: str) -> datetime | None:
+        async with self._tx() as s:
+            return await s.scalar(select(func.max(JobRun.fire_time)).where(JobRun.job_id == job_id))
+
+    async def job_runs(self, job_id: str) -> list[tuple[datetime, str]]:
+        """(fire time, status) of every recorded firing of a job, oldest first."""
+        async with self._tx() as s:
+            rows = (
+                await s.execute(
+                    select(JobRun.fire_time, JobRun.status)
+                    .where(JobRun.job_id == job_id)
+                    .order_by(JobRun.fire_time)
+                )
+            ).all()
+        return [(t, st) for t, st in rows]
+
+    async def usage_totals(self, bounds_ms: list[float]) -> UsageTotals:
+        """Counts since the database began, for /metrics (one round of GROUP BYs, no row scans out)."""
+
+        def cumulative(col: Any) -> list[Any]:
+            return [func.sum(case((col <= b, 1), else_=0)) for b in bounds_ms]
+
+        async with self._tx() as s:
+            by_source = (await s.execute(select(Request.source, func.count()).group_by(Request.source))).all()
+            fallbacks = (
+                await s.execute(
+                    select(Request.fallback_reason, func.count())
+                    .where(Request.fallback_reason.is_not(None))
+                    .group_by(Request.fallback_reason)
+                )
+            ).all()
+            feedback = (
+                await s.execute(select(Feedback.rating, func.count()).group_by(Feedback.rating))
+            ).all()
+            events = (await s.execute(select(ModelEvent.kind, func.count()).group_by(ModelEvent.kind))).all()
+            answers = (await s.execute(select(Answer.status, func.count()).group_by(Answer.status))).all()
+            dec = (
+                await s.execute(
+                    select(func.count(), func.sum(Request.decision_ms), *cumulative(Request.decision_ms))
+                )
+            ).one()
+            done = Answer.total_ms.is_not(None) & Answer.status.in_(GENERATED_STATUSES)
+            gen = (
+                await s.execute(
+                    select(func.count(), func.sum(Answer.total_ms), *cumulative(Answer.total_ms)).where(done)
+                )
+            ).one()
+            tokens = await s.scalar(select(func.sum(Answer.completion_tokens)))
+
+        def hist(row: Any) -> tuple[list[int], int, float]:
+            return [int(v or 0) for v in row[2:]], int(row[0] or 0), float(row[1] or 0.0)
+
+        return UsageTotals(
+            requests={k: int(n) for k, n in by_source},
+            fallbacks={k: int(n) for k, n in fallbacks},
+            feedback={int(k): int(n) for k, n in feedback},
+            model_events={k: int(n) for k, n in events},
+            answers={k: int(n) for k, n in answers},
+            decision_ms=hist(dec),
+            generation_ms=hist(gen),
+            completion_tokens=int(tokens or 0),
+        )

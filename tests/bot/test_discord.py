@@ -163,7 +163,7 @@ async def test_start_up_reads_the_gateway_from_the_api_identifies_with_the_neede
     assert intents.message_content and intents.guild_messages and intents.dm_messages
     assert intents.guild_reactions and intents.dm_reactions and intents.guilds
     assert not intents.members  # no member chunking at start-up
-    assert {c["name"] for c in double.commands[None]} == {"route", "models"}
+    assert {c["name"] for c in double.commands[None]} == {"route", "models", "report"}
     route = next(c for c in double.commands[None] if c["name"] == "route")
     assert route["options"][0]["name"] == "question"
 
@@ -195,7 +195,7 @@ async def test_commands_are_synced_per_guild_when_guilds_are_configured(harness:
     double = harness.double
     await harness.start(discord_guild_ids=double.guild_id)
     assert None not in double.commands
-    assert {c["name"] for c in double.commands[double.guild_id]} == {"route", "models"}
+    assert {c["name"] for c in double.commands[double.guild_id]} == {"route", "models", "report"}
     # and a guild command works
     alice = double.person("Alice")
     interaction = await double.slash("models", person=alice, guild_command=True)

@@ -80,7 +80,7 @@ def test_manifest_asks_for_exactly_what_the_adapter_uses() -> None:
     manifest = yaml.safe_load(MANIFEST.read_text())
     events = manifest["settings"]["event_subscriptions"]["bot_events"]
     assert sorted(events) == ["app_mention", "message.im", "reaction_added", "reaction_removed"]
-    assert [c["command"] for c in manifest["features"]["slash_commands"]] == ["/route", "/models"]
+    assert [c["command"] for c in manifest["features"]["slash_commands"]] == ["/route", "/models", "/report"]
     assert manifest["settings"]["interactivity"]["is_enabled"] is True
     assert sorted(manifest["oauth_config"]["scopes"]["bot"]) == sorted(
         [

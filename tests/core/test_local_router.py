@@ -14,6 +14,7 @@ from core.routing.local import DEFAULT_ARTIFACT, LocalRouter, TrainedModel
 from core.routing.selection import select_model
 from core.routing.training import (
     ClassifierConfig,
+    DenseConfig,
     examples_hash,
     load_examples,
     load_threads,
@@ -89,17 +90,19 @@ def test_train_save_load_round_trip(tmp_path: Path) -> None:
     """A small training run: the model generalises to examples it did not see, and survives a save."""
     examples = load_examples()
     by_label = {t: [e for e in examples if e.label == t] for t in QUERY_TYPES}
-    train_set = [e for t in QUERY_TYPES for e in by_label[t][:50]]
-    held_out = [e for t in QUERY_TYPES for e in by_label[t][-20:]]
-    threads = load_threads()[::8]
-    model = train(train_set, threads, config=ClassifierConfig(c=0.3), log=lambda _: None)
+    # the files run in batches of one style (short searches, multilingual, ...): sample across them
+    train_set = [e for t in QUERY_TYPES for e in by_label[t][::10]]
+    held_out = [e for t in QUERY_TYPES for e in by_label[t][5::20]]
+    threads = load_threads()[::4]
+    config = ClassifierConfig(DenseConfig(hidden=0, strength=0.01), lexical_c=30.0)
+    model = train(train_set, threads, config=config, log=lambda _: None)
     path = tmp_path / "router.npz"
     model.save(path)
     loaded = TrainedModel.load(path)
     r = LocalRouter(LocalRouter.load().encoder, loaded)
     predicted = [r.classify(e.text).query_type for e in held_out]
     accuracy = np.mean([p == e.label for p, e in zip(predicted, held_out, strict=True)])
-    assert accuracy >= 0.7
+    assert accuracy >= 0.75
     assert loaded.data_hash == examples_hash(train_set, threads)
     np.testing.assert_allclose(loaded.thread, model.thread)
 

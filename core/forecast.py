@@ -1,0 +1,272 @@
+"""Predictive pre-pull: which models will be wanted in the next hours, and getting them local first.
+
+The forecast is hour-of-week seasonality with recency weighting: for each model and each of the 168
+hours of the week, the recency-weighted mean number of answers it gave in that hour over the past
+weeks. Blended with the same hour on the last few days, so a model that became popular this week is
+expected before a week of it has passed, and the first week has a forecast at all.
+
+`plan()` is pure (forecast + inventory -> what to pull and evict); `PrePuller` carries it out through
+the Generator, which records each pull and removal, and marks them here as `prepull` / `evict` events
+so reports can tell them apart and count the requests they served.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import ollama
+
+from core.config import Settings
+from core.errors import GenerationError
+from core.generation import Generator
+from core.inventory import InventoryService
+from core.store import Store
+from core.types import Inventory
+
+log = logging.getLogger(__name__)
+
+HOURS_PER_WEEK = 168
+LOOKBACK = timedelta(weeks=8)
+# share of the forecast from the same hour on the last DAILY_DAYS days, against the same hour of the
+# week in past weeks
+DAILY_WEIGHT = 0.3
+DAILY_DAYS = 3
+
+
+def hour_of_week(t: datetime) -> int:
+    t = t.astimezone(UTC)
+    return t.weekday() * 24 + t.hour
+
+
+@dataclass(frozen=True)
+class Expected:
+    model: str
+    requests: float  # expected answers in the window
+
+
+def _hour(t: datetime) -> datetime:
+    return t.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def forecast(
+    history: list[tuple[str, datetime]],
+    now: datetime,
+    window_h: float,
+    *,
+    halflife_days: float = 14.0,
+) -> list[Expected]:
+    """Expected answers per model in [now, now + window_h), most expected first."""
+    if not history:
+        return []
+    start = _hour(min(t for _, t in history))
+    halflife_h = halflife_days * 24.0
+    counts: dict[datetime, dict[str, int]] = {}
+    for model, t in history:
+        bucket = counts.setdefault(_hour(t), {})
+        bucket[model] = bucket.get(model, 0) + 1
+
+    # each clock hour the window touches, weighted by how much of it the window covers
+    end = now + timedelta(hours=window_h)
+    slots: list[tuple[datetime, float]] = []
+    h = _hour(now)
+    while h < end:
+        overlap = (min(end, h + timedelta(hours=1)) - max(now, h)).total_seconds() / 3600
+        slots.append((h, overlap))
+        h += timedelta(hours=1)
+
+    expected: dict[str, float] = {}
+    weeks = LOOKBACK // timedelta(weeks=1)
+    for slot, share in slots:
+        # the same hour of the week in each past week the history covers, nearer weeks weighing more
+        past = [slot - timedelta(weeks=k) for k in range(1, weeks + 1)]
+        weekly = _mean(
+            counts, [(p, 0.5 ** ((now - p).total_seconds() / 3600 / halflife_h)) for p in past if p >= start]
+        )
+        # the same hour on the last few days: what changed this week (a model that just became
+        # popular), and all there is before a week of history
+        daily = _mean(
+            counts,
+            [
+                (slot - timedelta(days=k), 1.0)
+                for k in range(1, DAILY_DAYS + 1)
+                if slot - timedelta(days=k) >= start
+            ],
+        )
+        a = DAILY_WEIGHT if weekly is not None else 1.0
+        for model in (weekly or {}).keys() | (daily or {}).keys():
+            v = (1 - a) * (weekly or {}).get(model, 0.0) + a * (daily or {}).get(model, 0.0)
+            expected[model] = expected.get(model, 0.0) + v * share
+    out = [Expected(m, v) for m, v in expected.items() if v > 0]
+    return sorted(out, key=lambda e: (-e.requests, e.model))
+
+
+def _mean(
+    counts: dict[datetime, dict[str, int]], hours: list[tuple[datetime, float]]
+) -> dict[str, float] | None:
+    """Weighted mean answers per model over the given clock hours; None without any hour."""
+    exposure = sum(w for _, w in hours)
+    if not exposure:
+        return None
+    out: dict[str, float] = {}
+    for h, w in hours:
+        for model, n in counts.get(h, {}).items():
+            out[model] = out.get(model, 0.0) + n * w / exposure
+    return out
+
+
+@dataclass(frozen=True)
+class Plan:
+    pull: list[Expected]
+    evict: list[str]
+    skipped: list[tuple[str, str]]  # (model, why)
+
+
+def plan(
+    expected: list[Expected],
+    inv: Inventory,
+    *,
+    budget_gb: float,
+    min_expected: float,
+    evict: bool,
+) -> Plan:
+    """Pull the wanted models that are not local, most expected first, within the disk budget; evict
+    the least expected local models to make room only when `evict` is on, and never a wanted one."""
+    up = [h for h in inv.hosts if h not in inv.hosts_down]
+    if not up:
+        return Plan([], [], [(e.model, "no Ollama host is up") for e in expected])
+    want = {e.model: e.requests for e in expected}
+    # the Generator pulls onto the host with the most room: plan against that host
+    host = min(up, key=lambda h: sum(m.size_gb or 0.0 for m in inv.models if h in m.hosts))
+    local = {m.name: m.size_gb or 0.0 for m in inv.models if host in m.hosts}
+    used = sum(local.values())
+    pulls: list[Expected] = []
+    evictions: list[str] = []
+    skipped: list[tuple[str, str]] = []
+    for e in expected:
+        if e.requests < min_expected:
+            break
+        info = inv.get(e.model)
+        if info is None or info.local:
+            continue
+        size = info.size_gb
+        if size is None:
+            skipped.append((e.model, "size unknown"))
+            continue
+        if used + size > budget_gb and evict:
+            # least expected first; only models expected less than this one, none loaded right now
+            candidates = sorted(
+                (n for n in local if want.get(n, 0.0) < e.requests and n not in evictions),
+                key=lambda n: (want.get(n, 0.0), -local[n]),
+            )
+            freed, chosen = 0.0, []
+            for n in candidates:
+                if used - freed + size <= budget_gb:
+                    break
+                info_n = inv.get(n)
+                if info_n is not None and info_n.loaded_on:
+                    continue
+                chosen.append(n)
+                freed += local[n]
+            if used - freed + size <= budget_gb:
+                evictions += chosen
+                used -= freed
+                for n in chosen:
+                    local.pop(n)
+        if used + size > budget_gb:
+            skipped.append((e.model, f"{size:.1f} GB does not fit the disk budget of {budget_gb:g} GB"))
+            continue
+        pulls.append(e)
+        used += size
+        local[e.model] = size
+    return Plan(pulls, evictions, skipped)
+
+
+class PrePuller:
+    def __init__(self, settings: Settings, store: Store, inventory: InventoryService, generator: Generator):
+        self.settings = settings
+        self.store = store
+        self.inventory = inventory
+        self.generator = generator
+        self._forecast: tuple[float, list[Expected]] | None = None
+
+    async def expected(self, now: datetime | None = None, window_h: float | None = None) -> list[Expected]:
+        now = now or datetime.now(UTC)
+        history = await self.store.answer_times(now - LOOKBACK)
+        return forecast(
+            history,
+            now,
+            window_h or self.settings.prepull_window_h,
+            halflife_days=self.settings.forecast_halflife_days,
+        )
+
+    async def run(self, now: datetime | None = None) -> Plan:
+        """Forecast, then pull (and evict, if configured) on the Ollama hosts. Never raises for a
+        failed pull: the next firing tries again."""
+        s = self.settings
+        expected = await self.expected(now)
+        inv = await self.inventory.snapshot(refresh=True)
+        p = plan(
+            expected,
+            inv,
+            budget_gb=s.disk_budget_gb,
+            min_expected=s.prepull_min_expected,
+            evict=s.evict_enabled,
+        )
+        for model, why in p.skipped:
+            log.info("pre-pull: not pulling %s: %s", model, why)
+        for name in p.evict:
+            try:
+                hosts = await self.generator.remove(name)
+            except GenerationError as exc:
+                log.warning("pre-pull: could not evict %s: %s", name, exc)
+                continue
+            for h in hosts:
+                await self._mark(name, h, "evict", {"expected": round(_expected_of(expected, name), 3)})
+        for e in p.pull:
+            try:
+                async for _ in self.generator.pull(e.model):
+                    pass
+            except GenerationError as exc:
+                log.warning("pre-pull: could not pull %s: %s", e.model, exc)
+                continue
+            info = (await self.inventory.snapshot(refresh=True)).get(e.model)
+            for h in info.hosts if info else ():
+                detail = {"expected": round(e.requests, 3), "window_h": s.prepull_window_h}
+                await self._mark(e.model, h, "prepull", detail)
+        return p
+
+    async def prewarm(self, now: datetime | None = None) -> str | None:
+        """Load the most expected local model into memory before people start asking."""
+        inv = await self.inventory.snapshot(refresh=True)
+        for e in await self.expected(now):
+            info = inv.get(e.model)
+            if info is None or not info.local:
+                continue
+            if info.loaded_on:
+                return e.model
+            host = info.hosts[0]
+            client = ollama.AsyncClient(host=host, timeout=self.settings.stream_idle_timeout_s)
+            try:
+                # an empty chat loads the model and returns (Ollama's documented way to preload)
+                await client.chat(model=e.model, messages=[], keep_alive="1h")
+            except Exception as exc:  # a failed warm-up only costs the first user a load
+                log.warning("pre-warm of %s on %s failed: %s", e.model, host, exc)
+                return None
+            finally:
+                await client.close()
+            await self._mark(e.model, host, "load", {"expected": round(e.requests, 3)})
+            self.inventory.invalidate()
+            return e.model
+        return None
+
+    async def _mark(self, model: str, host: str, kind: str, detail: dict[str, float]) -> None:
+        try:
+            await self.store.record_model_event(model, host, kind, detail)
+        except Exception:
+            log.warning("could not record %s of %s", kind, model, exc_info=True)
+
+
+def _expected_of(expected: list[Expected], model: str) -> float:
+    return next((e.requests for e in expected if e.model == model), 0.0)
