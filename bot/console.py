@@ -118,7 +118,9 @@ class Console:
             inv = await self.service.models()
             for m in inv.models:
                 where = "local" if m.local else "download"
-                self.out.write(f"{m.name:28} {where:8} {m.size_gb or 0:6.1f} GB  {', '.join(m.specializations)}\n")
+                self.out.write(
+                    f"{m.name:28} {where:8} {m.size_gb or 0:6.1f} GB  {', '.join(m.specializations)}\n"
+                )
         elif cmd == "/new":
             self.history.clear()
             self.thread += 1

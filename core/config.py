@@ -147,12 +147,18 @@ class Settings(BaseSettings):
     max_question_chars: int = Field(16000, ge=200)  # longer questions are cut (and the user told so)
 
     # --- platforms ------------------------------------------------------------------------------
-    slack_bot_token: SecretStr | None = Field(None, validation_alias=_env("slack_bot_token", "SLACK_BOT_TOKEN"))
-    slack_app_token: SecretStr | None = Field(None, validation_alias=_env("slack_app_token", "SLACK_APP_TOKEN"))
+    slack_bot_token: SecretStr | None = Field(
+        None, validation_alias=_env("slack_bot_token", "SLACK_BOT_TOKEN")
+    )
+    slack_app_token: SecretStr | None = Field(
+        None, validation_alias=_env("slack_app_token", "SLACK_APP_TOKEN")
+    )
     slack_signing_secret: SecretStr | None = Field(
         None, validation_alias=_env("slack_signing_secret", "SLACK_SIGNING_SECRET")
     )
-    slack_api_url: str = Field("https://slack.com/api/", validation_alias=_env("slack_api_url", "SLACK_API_URL"))
+    slack_api_url: str = Field(
+        "https://slack.com/api/", validation_alias=_env("slack_api_url", "SLACK_API_URL")
+    )
     # Slack: user ids allowed to /models pull and remove; channels the bot answers in (empty: every
     # channel it is in; DMs always); the least seconds between two edits of a streaming message
     slack_admin_users: Annotated[list[str], NoDecode] = Field(default_factory=list)

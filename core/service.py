@@ -132,9 +132,7 @@ class ChatService:
         if len(text) > limit:
             notes.append(f"Your message was {len(text):,} characters long; I read only the first {limit:,}.")
             text = text[:limit]
-        history = tuple(
-            t.model_copy(update={"content": clean_text(t.content)[: limit]}) for t in msg.history
-        )
+        history = tuple(t.model_copy(update={"content": clean_text(t.content)[:limit]}) for t in msg.history)
         if msg.attachments and any(ch.isalnum() for ch in text):
             names = _names(msg.attachments)
             notes.append(f"I can't read attachments ({names}); I answered from the text only.")

@@ -17,7 +17,12 @@ import pytest
 
 from core.config import Settings
 
-pytest_plugins = ["tests.doubles.ollama", "tests.doubles.openai", "tests.doubles.slack", "tests.doubles.discord"]
+pytest_plugins = [
+    "tests.doubles.ollama",
+    "tests.doubles.openai",
+    "tests.doubles.slack",
+    "tests.doubles.discord",
+]
 
 PG_ADMIN_URL = os.environ.get("METAROUTER_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 

@@ -299,7 +299,9 @@ class Store:
         """The routing decision an answer was generated under (the Discord buttons read it back)."""
         async with self._tx() as s:
             stored = await s.scalar(
-                select(Request.decision).join(Answer, Answer.request_id == Request.id).where(Answer.id == answer_id)
+                select(Request.decision)
+                .join(Answer, Answer.request_id == Request.id)
+                .where(Answer.id == answer_id)
             )
         return Decision.model_validate(stored) if stored is not None else None
 

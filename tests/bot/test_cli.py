@@ -19,9 +19,18 @@ DECISION_SCHEMA = {
     "type": "object",
     "additionalProperties": False,
     "required": [
-        "recommended_model", "confidence", "reasoning", "query_type", "complexity",
-        "specializations_needed", "alternatives", "download_if_needed", "source",
-        "fallback_reason", "decision_ms", "cost_usd",
+        "recommended_model",
+        "confidence",
+        "reasoning",
+        "query_type",
+        "complexity",
+        "specializations_needed",
+        "alternatives",
+        "download_if_needed",
+        "source",
+        "fallback_reason",
+        "decision_ms",
+        "cost_usd",
     ],
     "properties": {
         "recommended_model": {"type": "string", "minLength": 1},
@@ -35,8 +44,17 @@ DECISION_SCHEMA = {
         "source": {"enum": ["openai", "local", "cache"]},
         "fallback_reason": {
             "enum": [
-                None, "no_api_key", "timeout", "rate_limited", "budget", "api_error", "invalid_response",
-                "unknown_model", "low_confidence", "local_confident", "privacy",
+                None,
+                "no_api_key",
+                "timeout",
+                "rate_limited",
+                "budget",
+                "api_error",
+                "invalid_response",
+                "unknown_model",
+                "low_confidence",
+                "local_confident",
+                "privacy",
             ]
         },
         "decision_ms": {"type": "number", "minimum": 0},
@@ -48,23 +66,40 @@ DECISION_SCHEMA = {
 @pytest.fixture
 def cli_env(tmp_path: Path) -> dict[str, str]:
     """No key, no reachable Ollama: the offline path a fresh user gets."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("METAROUTER_", "OPENAI_", "SLACK_", "DISCORD_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("METAROUTER_", "OPENAI_", "SLACK_", "DISCORD_"))
+    }
     env.pop("DATABASE_URL", None)
-    env.update(METAROUTER_DATA_DIR=str(tmp_path / "data"), OLLAMA_HOST="http://127.0.0.1:9", HF_HUB_OFFLINE="1")
+    env.update(
+        METAROUTER_DATA_DIR=str(tmp_path / "data"), OLLAMA_HOST="http://127.0.0.1:9", HF_HUB_OFFLINE="1"
+    )
     return env
 
 
-async def run(env: dict[str, str], *args: str, stdin: bytes | None = None, timeout: float = 90) -> tuple[int, str, str]:
+async def run(
+    env: dict[str, str], *args: str, stdin: bytes | None = None, wait_s: float = 90
+) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot.cli", *args, env=env, cwd=ROOT,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "bot.cli",
+        *args,
+        env=env,
+        cwd=ROOT,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
+    out, err = await asyncio.wait_for(proc.communicate(stdin), wait_s)
     return proc.returncode or 0, out.decode(), err.decode()
 
 
 async def test_route_json_offline_gives_a_contract_decision(cli_env) -> None:
-    code, out, err = await run(cli_env, "route", "--json", "Debug this Python code: def fib(n): return n + fib(n-1)")
+    code, out, err = await run(
+        cli_env, "route", "--json", "Debug this Python code: def fib(n): return n + fib(n-1)"
+    )
     assert code == 0, err
     decision = json.loads(out)
     jsonschema.validate(decision, DECISION_SCHEMA)
@@ -134,8 +169,15 @@ async def test_models_json_lists_catalog_and_local_models(cli_env, ollama_double
     coder = rows["qwen2.5-coder:7b"]
     assert coder["local"] is True and coder["hosts"] == [ollama_double.url] and coder["size_gb"] == 4.68
     assert set(coder) == {
-        "name", "local", "hosts", "size_gb", "specializations", "satisfaction", "feedback_count",
-        "requests", "last_used",
+        "name",
+        "local",
+        "hosts",
+        "size_gb",
+        "specializations",
+        "satisfaction",
+        "feedback_count",
+        "requests",
+        "last_used",
     }
     assert rows["my-finetune:latest"]["local"] is True
     assert any(not m["local"] for m in rows.values())
@@ -188,8 +230,15 @@ async def test_serve_console_chats_rates_and_stops_on_eof(cli_env, ollama_double
 
 async def test_serve_exits_0_on_sigterm_when_idle(cli_env) -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot.cli", "serve", env={**cli_env, "METAROUTER_LOG_LEVEL": "INFO"}, cwd=ROOT,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "bot.cli",
+        "serve",
+        env={**cli_env, "METAROUTER_LOG_LEVEL": "INFO"},
+        cwd=ROOT,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     assert proc.stderr is not None
     while b"serving" not in (line := await asyncio.wait_for(proc.stderr.readline(), 60)):
@@ -212,8 +261,15 @@ async def test_serve_answers_slack_and_stops_cleanly_on_sigterm(cli_env, slack_d
         "SLACK_API_URL": slack_double.api_url,
     }
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot.cli", "serve", env=env, cwd=ROOT,
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "bot.cli",
+        "serve",
+        env=env,
+        cwd=ROOT,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         await slack_double.wait_for_socket(within=60)

@@ -63,7 +63,11 @@ def test_unknown_key_in_config_file_is_refused(tmp_path: Path, monkeypatch: pyte
 def test_cli_exits_2_with_one_line_naming_the_setting(tmp_path: Path) -> None:
     env = {"PATH": "", "HOME": str(tmp_path), "METAROUTER_MAX_REQUESTS_PER_HOUR": "many"}
     proc = subprocess.run(
-        [sys.executable, "-m", "bot.cli", "route", "hello"], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "bot.cli", "route", "hello"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()

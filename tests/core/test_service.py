@@ -117,7 +117,9 @@ async def test_redelivered_event_is_answered_once(app: App, ollama_double, opena
 async def test_meta_router_down_still_answers_with_the_local_decision(app: App, ollama_double, openai_double):
     openai_double.push(OpenAIReply.server_error(), OpenAIReply.server_error(), OpenAIReply.server_error())
     ollama_double.reply = "def add(a, b):\n    return a + b"
-    answer = await app.service.handle(message("write a python function that adds two numbers"), RecordingReply())
+    answer = await app.service.handle(
+        message("write a python function that adds two numbers"), RecordingReply()
+    )
     assert answer is not None and answer.error is None
     assert answer.decision is not None
     assert (answer.decision.source, answer.decision.fallback_reason) == ("local", "api_error")
@@ -141,7 +143,9 @@ async def test_thread_history_reaches_the_model_in_order(app: App, ollama_double
         Turn(role="user", content="write fib in python", author="Alice"),
         Turn(role="assistant", content="def fib(n): ..."),
     )
-    await app.service.handle(message("now make it iterative", history=history, author_name="Bob"), RecordingReply())
+    await app.service.handle(
+        message("now make it iterative", history=history, author_name="Bob"), RecordingReply()
+    )
     sent = ollama_double.calls("/api/chat")[0].body["messages"]
     assert [m["role"] for m in sent] == ["system", "user", "assistant", "user"]
     assert "Alice" in sent[1]["content"] and "write fib in python" in sent[1]["content"]
