@@ -8,8 +8,8 @@ Each model in the inventory gets one score; the highest wins and the next few ar
     match        share of the needed specialisations (and the query type itself) the model lists
     size         how well the parameter count suits the complexity: small is fine for simple questions
                  (and faster), complex ones want a larger model
-    availability a model that is not pulled yet pays a penalty, large for simple questions; only a much
-                 better model on a hard question is worth a download
+    availability a model that is not pulled yet pays a penalty, large for simple questions and growing
+                 with the download size; only a much better model on a hard question is worth a download
     loaded       a model already in memory answers without a load pause
 """
 
@@ -28,6 +28,8 @@ W_MATCH = 0.15
 W_SIZE = 0.10
 W_LOADED = 0.02
 DOWNLOAD_PENALTY: dict[str, float] = {"simple": 0.5, "moderate": 0.2, "complex": 0.1}
+# and per GB to download: when nothing is local yet, "hello" must not fetch a 9 GB model
+DOWNLOAD_PENALTY_PER_GB: dict[str, float] = {"simple": 0.02, "moderate": 0.01, "complex": 0.004}
 # parameter count (billions) each complexity is best served by, and how far off still fits (log scale)
 IDEAL_PARAMS_B: dict[str, float] = {"simple": 3.0, "moderate": 7.0, "complex": 14.0}
 SIZE_TOLERANCE = 1.0
@@ -103,7 +105,7 @@ def _score(m: ModelInfo, query_type: str, complexity: str, needed: tuple[str, ..
     match = len(matched) / len(needed)
     score = quality + W_MATCH * match + W_SIZE * _size_fit(m, complexity)
     if not m.local:
-        score -= DOWNLOAD_PENALTY[complexity]
+        score -= DOWNLOAD_PENALTY[complexity] + DOWNLOAD_PENALTY_PER_GB[complexity] * (m.size_gb or 0.0)
     elif m.loaded_on:
         score += W_LOADED
     return _Scored(m, score, quality, matched)
