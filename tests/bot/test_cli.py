@@ -284,3 +284,35 @@ async def test_serve_answers_slack_and_stops_cleanly_on_sigterm(cli_env, slack_d
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(proc.wait(), 30)
     assert code == 0
+
+
+async def test_serve_answers_discord_and_stops_cleanly_on_sigterm(
+    cli_env, discord_double, ollama_double
+) -> None:
+    ollama_double.add_model("llama3.2:3b", size_gb=2.0)
+    ollama_double.reply = "Hello from a local model."
+    env = {
+        **cli_env,
+        "OLLAMA_HOST": ollama_double.url,
+        "DISCORD_BOT_TOKEN": discord_double.token,
+        "DISCORD_API_URL": discord_double.api_url,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot.cli", "serve", env=env, cwd=ROOT,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        await discord_double.wait_for(lambda: discord_double.identifies, within=60)
+        await asyncio.sleep(3)  # READY, then discord.py's guild-ready wait (2 s by default)
+        alice = discord_double.person("Alice")
+        question = await discord_double.post(discord_double.general, alice, "say hello", mention_bot=True)
+
+        def answered() -> bool:
+            replies = discord_double.replies_to(question["id"])
+            return bool(replies) and replies[0]["content"] == "Hello from a local model."
+
+        await discord_double.wait_for(answered, within=30)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(proc.wait(), 30)
+    assert code == 0
