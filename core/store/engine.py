@@ -56,8 +56,14 @@ def create_engine(url: str, *, immediate_transactions: bool = False, **kwargs: A
             cur = dbapi_conn.cursor()
             cur.execute(f"PRAGMA busy_timeout = {_SQLITE_BUSY_MS}")
             cur.execute("PRAGMA foreign_keys = ON")
-            # WAL lets readers go on while one writer writes (the bot reads while it records)
-            cur.execute("PRAGMA journal_mode = WAL")
+            # WAL lets readers go on while one writer writes (the bot reads while it records). The mode
+            # is kept in the file, and switching needs the file to itself: when another process holds
+            # it (two replicas starting on a fresh file), that process or a later connection sets it.
+            try:
+                cur.execute("PRAGMA journal_mode = WAL")
+            except Exception as exc:
+                if "locked" not in str(exc):
+                    raise
             cur.close()
             if immediate_transactions:
                 # let SQLAlchemy, not the driver, decide where transactions begin
