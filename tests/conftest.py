@@ -93,3 +93,30 @@ def make_settings(tmp_path: Path):
         return Settings(**values)  # type: ignore[arg-type]
 
     return make
+
+
+@pytest.fixture
+async def core_app(make_settings, ollama_double, openai_double):
+    """`app = await core_app(**settings)`: the whole core wired against the Ollama and OpenAI doubles,
+    with two local models, asking the meta-router for every question unless told otherwise."""
+    from bot.app import build_app
+
+    ollama_double.add_model("qwen2.5-coder:7b", size_gb=4.7)
+    ollama_double.add_model("llama3.2:3b", size_gb=2.0)
+    apps = []
+
+    async def make(**overrides: object):
+        values: dict[str, object] = {
+            "ollama_host": ollama_double.url,
+            "openai_api_key": "sk-test-key-123456",
+            "openai_base_url": openai_double.base_url,
+            "meta_router_enabled": True,
+            "use_local_for_simple_queries": False,
+        }
+        app = await build_app(make_settings(**(values | overrides)))
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        await app.close()

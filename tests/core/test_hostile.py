@@ -16,22 +16,8 @@ from tests.doubles.openai import Reply as OpenAIReply
 
 
 @pytest.fixture
-async def app(make_settings, ollama_double, openai_double):
-    ollama_double.add_model("qwen2.5-coder:7b", size_gb=4.7)
-    ollama_double.add_model("llama3.2:3b", size_gb=2.0)
-    settings = make_settings(
-        ollama_host=ollama_double.url,
-        openai_api_key="sk-test-key-123456",
-        openai_base_url=openai_double.base_url,
-        meta_router_enabled=True,
-        use_local_for_simple_queries=False,
-        max_question_chars=4000,
-        user_rate_per_minute=3,
-        channel_rate_per_minute=5,
-    )
-    application = await build_app(settings)
-    yield application
-    await application.close()
+async def app(core_app):
+    return await core_app(max_question_chars=4000, user_rate_per_minute=3, channel_rate_per_minute=5)
 
 
 @pytest.mark.parametrize("text", ["", "   \n\t ", "👍🎉", "?!…", "\u200b\u200b", "\x00\x00"])

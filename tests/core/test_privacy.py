@@ -188,21 +188,8 @@ def test_decision_json_keeps_exactly_the_contract_keys() -> None:
 
 
 @pytest.fixture
-async def app(make_settings, ollama_double, openai_double):
-    ollama_double.add_model("qwen2.5-coder:7b", size_gb=4.7)
-    ollama_double.add_model("llama3.2:3b", size_gb=2.0)
-    settings = make_settings(
-        ollama_host=ollama_double.url,
-        openai_api_key="sk-test-key-123456",
-        openai_base_url=openai_double.base_url,
-        meta_router_enabled=True,
-        use_local_for_simple_queries=False,
-        local_only_channels=["CPRIV"],
-        local_only_workspaces=["TPRIV"],
-    )
-    application = await build_app(settings)
-    yield application
-    await application.close()
+async def app(core_app):
+    return await core_app(local_only_channels=["CPRIV"], local_only_workspaces=["TPRIV"])
 
 
 async def test_the_router_receives_redacted_text_and_a_bounded_thread(app: App, openai_double) -> None:

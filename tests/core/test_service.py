@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from bot.app import App, build_app
+from bot.app import App
 from core.chat import FinalAnswer, IncomingMessage
 from core.types import Turn
 from tests.doubles.openai import Reply as OpenAIReply
@@ -43,20 +43,8 @@ def message(text: str, **kw: object) -> IncomingMessage:
 
 
 @pytest.fixture
-async def app(make_settings, db_url, ollama_double, openai_double):
-    ollama_double.add_model("qwen2.5-coder:7b", size_gb=4.7)
-    ollama_double.add_model("llama3.2:3b", size_gb=2.0)
-    settings = make_settings(
-        database_url=db_url,
-        ollama_host=ollama_double.url,
-        openai_api_key="sk-test-key-123456",
-        openai_base_url=openai_double.base_url,
-        meta_router_enabled=True,
-        use_local_for_simple_queries=False,  # every question asks the meta-router
-    )
-    application = await build_app(settings)
-    yield application
-    await application.close()
+async def app(core_app, db_url):
+    return await core_app(database_url=db_url)
 
 
 async def test_question_is_routed_streamed_recorded_and_rated(app: App, ollama_double, openai_double) -> None:
