@@ -205,13 +205,6 @@ class Settings(BaseSettings):
     evict_enabled: bool = False
     prewarm_cron: str = ""  # e.g. "45 8 * * 1-5"; empty: no pre-warming
 
-    @field_validator("report_channels", mode="before")
-    @classmethod
-    def _split_channels(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            return [i.strip() for i in v.split(",") if i.strip()]
-        return v
-
     @field_validator("report_channels")
     @classmethod
     def _platform_channels(cls, v: list[str]) -> list[str]:
@@ -231,27 +224,6 @@ class Settings(BaseSettings):
             raise ValueError("a cron expression has 5 fields (minute hour day month weekday) or 6")
         return v
 
-    @field_validator("ollama_hosts", mode="before")
-    @classmethod
-    def _split_hosts(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            return [h.strip() for h in v.split(",") if h.strip()]
-        return v
-
-    @field_validator("discord_admin_user_ids", "discord_admin_role_ids", "discord_guild_ids", mode="before")
-    @classmethod
-    def _split_ids(cls, v: Any) -> Any:
-        if isinstance(v, str | int):
-            return [i.strip() for i in str(v).split(",") if i.strip()]
-        return [str(i) for i in v] if isinstance(v, list) else v
-
-    @field_validator("local_only_channels", "local_only_workspaces", mode="before")
-    @classmethod
-    def _split_places(cls, v: Any) -> Any:
-        if isinstance(v, str | int):
-            return [i.strip() for i in str(v).split(",") if i.strip()]
-        return [str(i) for i in v] if isinstance(v, list) else v
-
     @field_validator("redact_patterns")
     @classmethod
     def _patterns(cls, v: dict[str, str]) -> dict[str, str]:
@@ -264,12 +236,24 @@ class Settings(BaseSettings):
                 raise ValueError(f"pattern {name!r} is not a valid regex: {exc}") from None
         return v
 
-    @field_validator("slack_admin_users", "slack_allowed_channels", mode="before")
+    @field_validator(
+        "ollama_hosts",
+        "report_channels",
+        "slack_admin_users",
+        "slack_allowed_channels",
+        "discord_admin_user_ids",
+        "discord_admin_role_ids",
+        "discord_guild_ids",
+        "local_only_channels",
+        "local_only_workspaces",
+        mode="before",
+    )
     @classmethod
-    def _split_slack_ids(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            return [i.strip() for i in v.split(",") if i.strip()]
-        return v
+    def _comma_list(cls, v: Any) -> Any:
+        """Lists come comma-separated from the environment; ids may come as TOML numbers."""
+        if isinstance(v, str | int):
+            return [i.strip() for i in str(v).split(",") if i.strip()]
+        return [str(i) for i in v] if isinstance(v, list) else v
 
     @field_validator("ollama_host", "openai_base_url", "slack_api_url", "discord_api_url")
     @classmethod
