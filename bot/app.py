@@ -10,6 +10,7 @@ from core.generation import Generator
 from core.inventory import InventoryService, load_catalog
 from core.routing.cache import DecisionCache
 from core.routing.chain import MemoryLedger, RoutingChain
+from core.routing.ensemble import Ensemble, build_meta_router
 from core.routing.local import LocalRouter
 from core.routing.meta import MetaRouter
 from core.service import ChatService
@@ -24,7 +25,7 @@ class App:
     service: ChatService
     store: Store | None
     local_router: LocalRouter
-    meta: MetaRouter | None = None
+    meta: MetaRouter | Ensemble | None = None
 
     async def close(self) -> None:
         if self.meta is not None:
@@ -46,7 +47,7 @@ async def build_app(settings: Settings, *, use_cache: bool = True, database: boo
         settings, settings.hosts, store.model_stats if store is not None else None, load_catalog()
     )
     local = LocalRouter.load()
-    meta = MetaRouter(settings) if settings.meta_router_enabled and settings.openai_api_key else None
+    meta = build_meta_router(settings)
     cache = DecisionCache(settings) if settings.cache_decisions and use_cache else None
     chain = RoutingChain(settings, local=local, meta=meta, cache=cache, ledger=store or MemoryLedger())
     generator = Generator(settings, inventory, store_events=store.record_model_event if store else None)

@@ -301,6 +301,7 @@ def setup_logging(settings: Settings) -> None:
             settings.slack_app_token,
             settings.slack_signing_secret,
             settings.discord_bot_token,
+            *(m.api_key for m in settings.meta_routers),
         )
         if s is not None
     ]

@@ -12,7 +12,17 @@ import re
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -69,6 +79,49 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 
 
+def http_url(v: str) -> str:
+    v = v.strip()
+    if not v.startswith(("http://", "https://")):
+        if "://" in v:
+            raise ValueError("must be an http:// or https:// URL")
+        v = "http://" + v  # the ollama library accepts a bare host:port too
+    return v
+
+
+class MetaRouterSpec(BaseModel):
+    """One member of the routing ensemble (`[[meta_routers]]`): an OpenAI-compatible endpoint and model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field("", max_length=40)  # shown in the routing details and logs; default: the model
+    model: str = Field(min_length=1)
+    base_url: str | None = None  # None: the OpenAI API
+    api_key: SecretStr | None = None  # a local server may need none
+    weight: float = Field(1.0, gt=0, le=100)  # how much its vote counts, times its confidence
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        return http_url(v) if v is not None else None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_name(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not str(data.get("name") or "").strip():
+            data = {**data, "name": str(data.get("model") or "").strip()[:40]}
+        return data
+
+    @model_validator(mode="after")
+    def _keyed(self) -> MetaRouterSpec:
+        if self.base_url is None and not _secret(self.api_key):
+            raise ValueError("api_key is required for the OpenAI API (or set base_url)")
+        return self
+
+
+def _secret(value: SecretStr | None) -> str:
+    return value.get_secret_value().strip() if value is not None else ""
+
+
 def default_data_dir() -> Path:
     return Path(os.path.expanduser("~/.local/share/metarouter"))
 
@@ -94,6 +147,9 @@ class Settings(BaseSettings):
     confidence_threshold: float = Field(0.7, ge=0, le=1)
     monthly_budget_usd: float = Field(5.0, ge=0)
     router_prices: dict[str, Price] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
+    # more meta-routers, asked in parallel with the primary one (OPENAI_API_KEY + meta_router_model,
+    # always the first member when keyed); their picks are combined by confidence-weighted vote
+    meta_routers: list[MetaRouterSpec] = Field(default_factory=list)
     # --- privacy (issue 6): what the meta-router may see ------------------------------------------
     # extra redaction patterns: placeholder name -> regex ("ticket": "TCK-\\d{6}" gives "[TICKET]")
     redact_patterns: dict[str, str] = Field(default_factory=dict)
@@ -258,19 +314,27 @@ class Settings(BaseSettings):
     @field_validator("ollama_host", "openai_base_url", "slack_api_url", "discord_api_url")
     @classmethod
     def _url(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        v = v.strip()
-        if not v.startswith(("http://", "https://")):
-            if "://" in v:
-                raise ValueError("must be an http:// or https:// URL")
-            v = "http://" + v  # the ollama library accepts a bare host:port too
+        return http_url(v) if v is not None else None
+
+    @field_validator("meta_routers")
+    @classmethod
+    def _distinct_routers(cls, v: list[MetaRouterSpec], info: ValidationInfo) -> list[MetaRouterSpec]:
+        # a vote is shown by its router's name: two of the same name could not be told apart
+        names = [m.name for m in v]
+        if _secret(info.data.get("openai_api_key")):
+            names.insert(0, info.data.get("meta_router_model", ""))
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise ValueError(
+                    f"two meta-routers are named {name!r} (the primary is named after "
+                    "meta_router_model); give each a distinct name"
+                )
         return v
 
     @field_validator("ollama_hosts")
     @classmethod
     def _urls(cls, v: list[str]) -> list[str]:
-        return [cls._url(h) or "" for h in v]
+        return [http_url(h) for h in v]
 
     @field_validator("router_prices")
     @classmethod
@@ -307,6 +371,26 @@ class Settings(BaseSettings):
         """Ollama base URLs without trailing slash; METAROUTER_OLLAMA_HOSTS overrides OLLAMA_HOST."""
         hosts = self.ollama_hosts or [self.ollama_host]
         return list(dict.fromkeys(h.rstrip("/") for h in hosts))
+
+    @property
+    def primary_router(self) -> MetaRouterSpec | None:
+        """The meta-router of OPENAI_API_KEY, OPENAI_BASE_URL and meta_router_model; None without a key."""
+        if not _secret(self.openai_api_key):
+            return None
+        return MetaRouterSpec(
+            name=self.meta_router_model,
+            model=self.meta_router_model,
+            base_url=self.openai_base_url,
+            api_key=self.openai_api_key,
+        )
+
+    @property
+    def router_specs(self) -> list[MetaRouterSpec]:
+        """Every meta-router to ask, the primary first; none when meta_router_enabled is off."""
+        if not self.meta_router_enabled:
+            return []
+        primary = self.primary_router
+        return ([primary] if primary else []) + list(self.meta_routers)
 
     @property
     def db_url(self) -> str:
@@ -362,6 +446,8 @@ def load_settings(**overrides: Any) -> Settings:
         if field.isupper():
             field = field.lower()
         detail = err.get("msg", "invalid value")
+        if err.get("type") == "extra_forbidden" and len(loc) > 1:  # inside a table: name the table
+            raise ConfigError(f"{env_name(field)} ({'.'.join(loc)}): unknown field") from None
         if err.get("type") == "extra_forbidden":
             raise ConfigError(f"{'.'.join(loc)}: unknown setting in METAROUTER_CONFIG") from None
         raise ConfigError(f"{env_name(field)} ({'.'.join(loc)}): {detail}") from None

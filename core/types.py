@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -62,6 +62,24 @@ class Disclosure(BaseModel):
     earlier_redactions: int = 0
 
 
+class Vote(BaseModel):
+    """One ensemble member's say in a decision (shown to the user; never in the contract JSON).
+
+    It is also that member's ledger row: which router model was asked, what it cost and how long it took.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    member: str  # its configured name
+    router_model: str
+    recommended_model: str | None = None  # its pick as it named it; None when it gave none
+    confidence: float = 0.0
+    weight: float = 1.0
+    failure: FallbackReason | None = None  # why its vote did not count; None: it counted
+    cost_usd: float = 0.0
+    latency_ms: float = 0.0
+
+
 class Decision(BaseModel):
     """The routing decision, exactly the contract's decision JSON (CONTRACT.md)."""
 
@@ -81,15 +99,21 @@ class Decision(BaseModel):
     cost_usd: float = 0.0
     # Not part of the contract: excluded from every dump, so the decision JSON keeps its exact keys.
     disclosure: Disclosure | None = Field(None, exclude=True)
+    votes: tuple[Vote, ...] = Field((), exclude=True)  # an ensemble's members, in configured order
 
     def __eq__(self, other: object) -> bool:
-        # Two decisions are equal when their contract JSON is: the disclosure is a note for the user.
+        # Two decisions are equal when their contract JSON is: disclosure and votes are notes for the user.
         if not isinstance(other, Decision):
             return NotImplemented
         return self.model_dump() == other.model_dump()
 
     def __hash__(self) -> int:
         return hash(self.model_dump_json())
+
+    def with_votes(self) -> dict[str, Any]:
+        """The contract JSON plus the votes: what is kept to show the routing details later (a stored
+        decision, a Slack button); `Decision.model_validate` reads the votes back."""
+        return {**self.model_dump(mode="json"), "votes": [v.model_dump(mode="json") for v in self.votes]}
 
 
 @dataclass(frozen=True)

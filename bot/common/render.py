@@ -41,11 +41,40 @@ def decision_details(d: Decision) -> list[str]:
         + (f" ({FALLBACK_TEXT.get(d.fallback_reason, d.fallback_reason)})" if d.fallback_reason else "")
         + f" in {_ms(d.decision_ms)}, cost ${d.cost_usd:.6f}"
     )
+    lines += vote_lines(d)
     if d.download_if_needed:
         lines.append("Download: needed if the model is not local yet")
     sent = disclosure_line(d)
     if sent:
         lines.append(sent)
+    return lines
+
+
+# Why one member's vote did not count, in the words of its line under "Votes".
+VOTE_FAILURE_TEXT = {
+    "timeout": "no answer in time",
+    "rate_limited": "rate-limited",
+    "api_error": "unavailable",
+    "invalid_response": "answer unusable",
+    "no_api_key": "no API key",
+}
+
+
+def vote_lines(d: Decision) -> list[str]:
+    """Who voted for what in an ensemble decision: one line per member, in configured order."""
+    if not d.votes:
+        return []
+    lines = ["Votes:"]
+    for v in d.votes:
+        weight = f", weight {v.weight:g}" if v.weight != 1 else ""
+        took = f"{_ms(v.latency_ms)}" + (f", ${v.cost_usd:.6f}" if v.cost_usd else "")
+        if v.failure is None:
+            said = f"{v.recommended_model} (confidence {v.confidence:.2f}{weight})"
+        elif v.failure == "unknown_model":
+            said = f"{v.recommended_model}, unknown here: not counted"
+        else:
+            said = VOTE_FAILURE_TEXT.get(v.failure, v.failure)
+        lines.append(f"• {v.member}: {said}, {took}")
     return lines
 
 

@@ -131,10 +131,13 @@ def _cut(text: str, n: int) -> str:
 
 def pack_footer(f: Footer) -> str:
     """The footer's data in a button value: expanding the routing details needs no database."""
-    packed = {"d": f.decision.model_dump(mode="json"), "q": f.question_ts, "r": f.rerun}
+    packed = {"d": f.decision.with_votes(), "q": f.question_ts, "r": f.rerun}
 
-    def shrink(data: dict[str, Any], n: int) -> None:  # only the reasoning is free text
-        data["d"]["reasoning"] = _cut(data["d"]["reasoning"], n)
+    def shrink(data: dict[str, Any], n: int) -> None:  # the reasoning is free text; then the votes go
+        if len(data["d"]["reasoning"]) > 1:
+            data["d"]["reasoning"] = _cut(data["d"]["reasoning"], n)
+        else:
+            data["d"]["votes"] = data["d"]["votes"][:-1]
 
     return button_value(packed, shrink)
 

@@ -34,6 +34,7 @@ def cache_key(req: RouteRequest, inv: Inventory, settings: Settings) -> str:
         settings.meta_router_enabled,
         settings.openai_api_key is not None,
         settings.meta_router_model,
+        tuple((m.name, m.model, m.base_url, m.weight) for m in settings.meta_routers),
         settings.confidence_threshold,
         settings.use_local_for_simple_queries,
         settings.local_confidence_threshold,

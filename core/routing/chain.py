@@ -18,8 +18,9 @@ from core.config import Settings
 from core.errors import MetaRouterFailure, RoutingError
 from core.routing.base import LocalRouterProtocol, RouterLedger
 from core.routing.cache import DecisionStore, cache_key
+from core.routing.ensemble import Ensemble
 from core.routing.meta import MetaRouter
-from core.types import Decision, Disclosure, FallbackReason, Inventory, RouteRequest
+from core.types import Decision, Disclosure, FallbackReason, Inventory, RouteRequest, Vote
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class RoutingChain:
         self,
         settings: Settings,
         local: LocalRouterProtocol,
-        meta: MetaRouter | None,
+        meta: MetaRouter | Ensemble | None,
         cache: DecisionStore | None,
         ledger: RouterLedger,
         *,
@@ -94,7 +95,13 @@ class RoutingChain:
                 ms = (time.perf_counter() - started) * 1000
                 # nothing left the machine this time
                 return hit.model_copy(
-                    update={"source": "cache", "decision_ms": ms, "cost_usd": 0.0, "disclosure": None}
+                    update={
+                        "source": "cache",
+                        "decision_ms": ms,
+                        "cost_usd": 0.0,
+                        "disclosure": None,
+                        "votes": (),
+                    }
                 )
         decision = await self._decide(req, inv)
         decision = decision.model_copy(update={"decision_ms": (time.perf_counter() - started) * 1000})
@@ -114,15 +121,22 @@ class RoutingChain:
         assert self._meta is not None  # _skip_reason saw to it
         sent = self._meta.view(req).disclosure
         started = time.perf_counter()
-        self._in_flight += 1
+        calls = self._meta.calls_per_decision
+        self._in_flight += calls
         try:
             result = await self._meta.decide(req, inv, local_hint=local)
         except MetaRouterFailure as exc:
             cost = getattr(exc, "cost_usd", 0.0)
+            votes = getattr(exc, "votes", ())
             log.warning("meta-router failed (%s); using the local router", exc)
-            await self._record(exc.reason, cost, started)
+            await self._record(exc.reason, cost, started, votes)
             return _conform(
-                local, inv, fallback_reason=cast(FallbackReason, exc.reason), cost_usd=cost, disclosure=sent
+                local,
+                inv,
+                fallback_reason=cast(FallbackReason, exc.reason),
+                cost_usd=cost,
+                disclosure=sent,
+                votes=votes,
             )
         except Exception:
             # A bug or an unforeseen library error must not cost the user an answer.
@@ -130,7 +144,7 @@ class RoutingChain:
             await self._record("api_error", 0.0, started)
             return _conform(local, inv, fallback_reason="api_error", disclosure=sent)
         finally:
-            self._in_flight -= 1
+            self._in_flight -= calls
 
         meta = result.decision
         chosen = inv.get(meta.recommended_model)
@@ -146,16 +160,28 @@ class RoutingChain:
             outcome = "unknown_model"
         elif meta.confidence < s.confidence_threshold:
             outcome = "low_confidence"
-        await self._record(outcome or "ok", result.cost_usd, started)
+        await self._record(outcome or "ok", result.cost_usd, started, meta.votes)
         if chosen is None or outcome is not None:
             log.info("meta-router not followed (%s); using the local router", outcome)
             return _conform(
-                local, inv, fallback_reason=outcome, cost_usd=result.cost_usd, disclosure=sent
+                local,
+                inv,
+                fallback_reason=outcome,
+                cost_usd=result.cost_usd,
+                disclosure=sent,
+                votes=meta.votes,
             )
         followed = meta.model_copy(
             update={"recommended_model": chosen.name, "reasoning": note + meta.reasoning}
         )
-        return _conform(followed, inv, fallback_reason=None, cost_usd=result.cost_usd, disclosure=sent)
+        return _conform(
+            followed,
+            inv,
+            fallback_reason=None,
+            cost_usd=result.cost_usd,
+            disclosure=sent,
+            votes=meta.votes,
+        )
 
     def _skip_reason(self, req: RouteRequest, local: Decision) -> FallbackReason | None:
         """Why the meta-router is not asked at all, most telling reason first."""
@@ -179,20 +205,27 @@ class RoutingChain:
             # Unknown spend is treated as spent: an outage must not turn into an unbounded bill.
             log.warning("router ledger unavailable (%s); not calling the meta-router", type(exc).__name__)
             return "budget"
-        if calls + self._in_flight >= s.max_requests_per_hour:
+        # an ensemble's every member call counts: all of them fit in the limit, or none is made
+        needed = self._meta.calls_per_decision if self._meta is not None else 1
+        if calls + self._in_flight + needed > s.max_requests_per_hour:
             return "rate_limited"
         if spent >= s.monthly_budget_usd:
             return "budget"
         return None
 
-    async def _record(self, outcome: str, cost_usd: float, started: float) -> None:
-        latency_ms = (time.perf_counter() - started) * 1000
-        try:
-            await self._ledger.record_router_call(
-                self._settings.meta_router_model, outcome, cost_usd, latency_ms
-            )
-        except Exception as exc:
-            log.warning("could not record a meta-router call (%s)", type(exc).__name__)
+    async def _record(
+        self, outcome: str, cost_usd: float, started: float, votes: tuple[Vote, ...] = ()
+    ) -> None:
+        """One ledger row per router call: an ensemble's members each have their own (model, cost,
+        latency), and a member that voted shares the decision's outcome."""
+        rows = [(v.router_model, v.failure or outcome, v.cost_usd, v.latency_ms) for v in votes] or [
+            (self._settings.meta_router_model, outcome, cost_usd, (time.perf_counter() - started) * 1000)
+        ]
+        for row in rows:
+            try:
+                await self._ledger.record_router_call(*row)
+            except Exception as exc:
+                log.warning("could not record a meta-router call (%s)", type(exc).__name__)
 
     async def _cache_get(self, key: str) -> Decision | None:
         assert self._cache is not None
@@ -217,6 +250,7 @@ def _conform(
     fallback_reason: FallbackReason | None,
     cost_usd: float = 0.0,
     disclosure: Disclosure | None = None,
+    votes: tuple[Vote, ...] = (),
 ) -> Decision:
     """Hold the contract: inventory names only, the chosen model not among its alternatives, and a
     model that is not local flagged for download."""
@@ -236,5 +270,6 @@ def _conform(
             "fallback_reason": fallback_reason,
             "cost_usd": cost_usd,
             "disclosure": disclosure,
+            "votes": votes,
         }
     )

@@ -18,7 +18,7 @@ from typing import Any
 import openai
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from core.config import Settings
+from core.config import MetaRouterSpec, Settings
 from core.errors import MetaRouterFailure
 from core.privacy import Redactor
 from core.routing.base import LocalHint, clip, squash
@@ -219,14 +219,30 @@ def _retry_after(exc: openai.APIStatusError) -> float | None:
 
 
 class MetaRouter:
-    def __init__(self, settings: Settings, client: openai.AsyncOpenAI | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        client: openai.AsyncOpenAI | None = None,
+        *,
+        spec: MetaRouterSpec | None = None,
+    ) -> None:
+        """One OpenAI-compatible router: `spec`, or by default the primary one of the settings
+        (OPENAI_API_KEY, OPENAI_BASE_URL, meta_router_model), which without a key has no client."""
         self._settings = settings
         self._owns_client = client is None
-        key = settings.openai_api_key.get_secret_value().strip() if settings.openai_api_key else ""
-        if client is None and key:
+        spec = spec or settings.primary_router
+        self.name = spec.name if spec else settings.meta_router_model
+        self.model = spec.model if spec else settings.meta_router_model
+        self.weight = spec.weight if spec else 1.0
+        if client is None and spec is not None:
+            key = spec.api_key.get_secret_value().strip() if spec.api_key else ""
             client = openai.AsyncOpenAI(
-                api_key=key, base_url=settings.openai_base_url, timeout=settings.decision_timeout_s
+                # a local server that wants no key still gets one: the library insists on a value
+                api_key=key or "unused",
+                base_url=spec.base_url,
+                timeout=settings.decision_timeout_s,
             )
+        self._unpriced_logged = False
         # Retries are ours: a 429 must not be retried when fallback_on_rate_limit is on (the library
         # retries 429 and 5xx alike), and no wait may outlast the decision timeout (the library honours
         # Retry-After up to two minutes).
@@ -248,6 +264,11 @@ class MetaRouter:
     def available(self) -> bool:
         return self._client is not None and self._settings.meta_router_enabled
 
+    @property
+    def calls_per_decision(self) -> int:
+        """Router calls one decision takes, as the hourly limit counts them."""
+        return 1
+
     async def aclose(self) -> None:
         if self._client is not None and self._owns_client:
             await self._client.close()
@@ -260,7 +281,7 @@ class MetaRouter:
         if self._client is None:
             raise MetaRouterFailure("no_api_key")
         body = {
-            "model": self._settings.meta_router_model,
+            "model": self.model,
             "messages": build_messages(req, inv, local_hint, self.view(req)),
             "response_format": {
                 "type": "json_schema",
@@ -319,7 +340,7 @@ class MetaRouter:
             if attempt == MAX_ATTEMPTS - 1 or loop.time() + wait >= deadline:
                 # Waiting would run past the deadline: give the local router the time instead.
                 raise failure from None
-            log.info("meta-router: %s, retrying in %.2fs", failure.reason, wait)
+            log.info("meta-router %s: %s, retrying in %.2fs", self.name, failure.reason, wait)
             await asyncio.sleep(wait)
         raise AssertionError("unreachable")
 
@@ -328,13 +349,11 @@ class MetaRouter:
             log.info("meta-router: the response carried no usage; its cost is counted as 0")
             return None, 0.0
         usage = Usage(completion.usage.prompt_tokens or 0, completion.usage.completion_tokens or 0)
-        price = self._settings.price_for(completion.model or "") or self._settings.price_for(
-            self._settings.meta_router_model
-        )
+        price = self._settings.price_for(completion.model or "") or self._settings.price_for(self.model)
         if price is None:
-            log.warning(
-                "meta-router: no price for %s; its cost is counted as 0", self._settings.meta_router_model
-            )
+            if not self._unpriced_logged:  # once: a local model behind a compatible URL is never priced
+                log.warning("meta-router: no price for %s; its cost is counted as 0", self.model)
+                self._unpriced_logged = True
             return usage, 0.0
         return usage, (usage.prompt_tokens * price.input + usage.completion_tokens * price.output) / 1e6
 

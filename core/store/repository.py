@@ -203,7 +203,7 @@ class Store:
                 query_text=query if self.store_question_text else None,
                 query_hash=query_hash(query),
                 created_at=utcnow(),
-                decision=decision.model_dump(mode="json"),
+                decision=decision.with_votes(),
                 recommended_model=decision.recommended_model,
                 query_type=decision.query_type,
                 complexity=decision.complexity,
