@@ -64,7 +64,8 @@ def vote_lines(d: Decision) -> list[str]:
     """Who voted for what in an ensemble decision: one line per member, in configured order."""
     if not d.votes:
         return []
-    lines = ["Votes:"]
+    counted = sum(1 for v in d.votes if v.failure is None)
+    lines = [f"Votes ({counted} of {len(d.votes)} counted):"]
     for v in d.votes:
         weight = f", weight {v.weight:g}" if v.weight != 1 else ""
         took = f"{_ms(v.latency_ms)}" + (f", ${v.cost_usd:.6f}" if v.cost_usd else "")

@@ -82,3 +82,60 @@ def test_secrets_do_not_show_in_repr_or_errors(monkeypatch: pytest.MonkeyPatch) 
     with pytest.raises(ConfigError) as err:
         load_settings()
     assert "sk-very-secret-value" not in str(err.value)
+
+
+ENSEMBLE_TOML = """
+[[meta_routers]]
+name = "claude"
+base_url = "https://llm-gateway.example/v1"
+model = "claude-haiku"
+api_key = "sk-ant-member-secret-123"
+weight = 2
+
+[[meta_routers]]
+base_url = "localhost:11434/v1"
+model = "qwen2.5:7b"
+"""
+
+
+def test_meta_routers_from_the_file_follow_the_keyed_primary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(ENSEMBLE_TOML)
+    monkeypatch.setenv("METAROUTER_CONFIG", str(cfg))
+    assert [r.name for r in load_settings().router_specs] == ["claude", "qwen2.5:7b"]
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-primary-secret-456")
+    s = load_settings()
+    primary, claude, local = s.router_specs
+    assert (primary.name, primary.model, primary.base_url) == ("gpt-4o-mini", "gpt-4o-mini", None)
+    assert (claude.weight, local.weight, local.base_url) == (2, 1, "http://localhost:11434/v1")
+    assert local.api_key is None  # a local server needs no key
+    assert "sk-ant-member-secret-123" not in repr(s) and "sk-ant-member-secret-123" not in str(s.model_dump())
+    assert load_settings(meta_router_enabled=False).router_specs == []
+
+
+@pytest.mark.parametrize(
+    ("entry", "problem"),
+    [
+        ('model = "gpt-4.1-nano"', "api_key is required"),  # the OpenAI API, no key
+        ('model = "m"\nbase_url = "ftp://x"', "http"),
+        ('model = "m"\nbase_url = "http://x"\nweight = 0', "greater than 0"),
+        ('base_url = "http://x"', "model"),
+        ('model = "m"\nbase_url = "http://x"\ntemperature = 1', "unknown field"),
+        ('model = "gpt-4o-mini"\nbase_url = "http://x"', "two meta-routers are named 'gpt-4o-mini'"),
+    ],
+    ids=["no-key", "bad-url", "zero-weight", "no-model", "unknown-field", "same-name-as-primary"],
+)
+def test_a_bad_meta_router_entry_names_the_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, entry: str, problem: str
+) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"[[meta_routers]]\n{entry}\n")
+    monkeypatch.setenv("METAROUTER_CONFIG", str(cfg))
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-primary-secret-456")
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert str(err.value).startswith("METAROUTER_META_ROUTERS (meta_routers")
+    assert problem in str(err.value) and "sk-primary-secret-456" not in str(err.value)
