@@ -85,15 +85,19 @@ class Ensemble:
         members = [m for m in self.members if m.available]
         if not members:
             raise MetaRouterFailure("no_api_key")
+        timeout = self._settings.decision_timeout_s
         tasks = [asyncio.create_task(self._ask(m, req, inv, local_hint)) for m in members]
-        # Each member keeps the deadline itself; this is the backstop that holds it for the decision.
-        _, late = await asyncio.wait(tasks, timeout=self._settings.decision_timeout_s)
-        for t in late:
-            t.cancel()
+        try:
+            # Each member keeps the deadline itself; this is the backstop that holds it for the decision.
+            _, late = await asyncio.wait(tasks, timeout=timeout)
+        finally:  # late members, or all of them when the question itself is cancelled (shutdown)
+            for t in tasks:
+                t.cancel()
         await asyncio.gather(*late, return_exceptions=True)
         answers: list[tuple[Vote, Decision | None]] = []
         for m, t in zip(members, tasks, strict=True):
             if t in late:
+                log.warning("meta-router %s gave no answer within %ss; it does not vote", m.name, timeout)
                 ms = (time.perf_counter() - started) * 1000
                 answers.append((_vote(m, failure="timeout", latency_ms=ms), None))
             else:

@@ -78,3 +78,33 @@ async def test_discord_why_this_model_lists_each_vote_after_a_restart(
     assert f"Model: {MODEL}" in details
     assert f"• gpt-4o-mini: {MODEL} (confidence 0.88)" in details
     assert f"• claude: {ALTERNATIVE} (confidence 0.30, weight 2)" in details
+
+
+def test_many_votes_and_a_long_reasoning_still_fit_a_slack_button() -> None:
+    from bot.slack import render
+    from core.types import Decision, Vote
+
+    votes = tuple(
+        Vote(
+            member=f"router-{i}-{'x' * 30}",
+            router_model="m" * 40,
+            recommended_model="qwen2.5-coder:7b",
+            confidence=0.5,
+            latency_ms=100.0,
+        )
+        for i in range(12)
+    )
+    d = Decision(
+        recommended_model="qwen2.5-coder:7b",
+        confidence=0.5,
+        reasoning="Long reasoning. " * 500,
+        query_type="coding",
+        complexity="simple",
+        source="openai",
+        votes=votes,
+    )
+    value = render.pack_footer(render.Footer(d, "1700000000.000100"))
+    assert len(value) <= 2000
+    back = render.unpack_footer(value).decision
+    assert back.model_copy(update={"reasoning": d.reasoning}) == d  # whole but for the cut reasoning
+    assert 0 < len(back.votes) < len(votes) and back.votes == votes[: len(back.votes)]

@@ -317,3 +317,10 @@ async def test_member_keys_never_reach_decisions_ledger_or_logs(ensemble_env, ca
     assert caplog.records
     for key in (KEY, CLAUDE_KEY):
         assert key not in text and key[8:] not in text
+
+
+async def test_a_local_only_channel_asks_no_member(ensemble_env) -> None:
+    e = ensemble_env()
+    d = await e.route("our unreleased revenue numbers", local_only=True)
+    assert (d.source, d.fallback_reason, d.votes) == ("local", "privacy", ())
+    assert [x.calls for x in e.doubles] == [0, 0, 0] and not e.ledger.calls
