@@ -81,8 +81,7 @@ class RoutingChain:
         self._cache = cache if settings.cache_decisions else None
         self._ledger = ledger
         self._now = now
-        # Calls under way count against the hourly limit too, or a burst would overshoot it.
-        self._in_flight = 0
+        self._in_flight = 0  # router calls reserved or under way, not yet in the ledger
 
     async def route(self, req: RouteRequest, inv: Inventory) -> Decision:
         started = time.perf_counter()
@@ -112,19 +111,29 @@ class RoutingChain:
     async def _decide(self, req: RouteRequest, inv: Inventory) -> Decision:
         local = await self._local.decide(req, inv)
         reason = self._skip_reason(req, local)
-        if reason is None:
-            reason = await self._quota_reason()
         if reason is not None:
             return _conform(local, inv, fallback_reason=reason)
-
-        s = self._settings
         assert self._meta is not None  # _skip_reason saw to it
-        sent = self._meta.view(req).disclosure
-        started = time.perf_counter()
+        # Calls under way count against the hourly limit too, or a burst would overshoot it: reserved
+        # before the ledger is read, released once they are in it. An ensemble reserves every member.
         calls = self._meta.calls_per_decision
         self._in_flight += calls
         try:
-            result = await self._meta.decide(req, inv, local_hint=local)
+            reason = await self._quota_reason()
+            if reason is not None:
+                return _conform(local, inv, fallback_reason=reason)
+            return await self._ask_meta(self._meta, req, inv, local)
+        finally:
+            self._in_flight -= calls
+
+    async def _ask_meta(
+        self, meta_router: MetaRouter | Ensemble, req: RouteRequest, inv: Inventory, local: Decision
+    ) -> Decision:
+        s = self._settings
+        sent = meta_router.view(req).disclosure
+        started = time.perf_counter()
+        try:
+            result = await meta_router.decide(req, inv, local_hint=local)
         except MetaRouterFailure as exc:
             cost = getattr(exc, "cost_usd", 0.0)
             votes = getattr(exc, "votes", ())
@@ -143,8 +152,6 @@ class RoutingChain:
             log.exception("meta-router raised unexpectedly; using the local router")
             await self._record("api_error", 0.0, started)
             return _conform(local, inv, fallback_reason="api_error", disclosure=sent)
-        finally:
-            self._in_flight -= calls
 
         meta = result.decision
         chosen = inv.get(meta.recommended_model)
@@ -205,9 +212,8 @@ class RoutingChain:
             # Unknown spend is treated as spent: an outage must not turn into an unbounded bill.
             log.warning("router ledger unavailable (%s); not calling the meta-router", type(exc).__name__)
             return "budget"
-        # an ensemble's every member call counts: all of them fit in the limit, or none is made
-        needed = self._meta.calls_per_decision if self._meta is not None else 1
-        if calls + self._in_flight + needed > s.max_requests_per_hour:
+        # in flight: this decision's own calls too, so all of an ensemble's fit in the limit or none is made
+        if calls + self._in_flight > s.max_requests_per_hour:
             return "rate_limited"
         if spent >= s.monthly_budget_usd:
             return "budget"

@@ -7,9 +7,11 @@ stand-in, which always picks llama3.2:3b, so every fallback is recognisable.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -324,3 +326,20 @@ async def test_a_local_only_channel_asks_no_member(ensemble_env) -> None:
     d = await e.route("our unreleased revenue numbers", local_only=True)
     assert (d.source, d.fallback_reason, d.votes) == ("local", "privacy", ())
     assert [x.calls for x in e.doubles] == [0, 0, 0] and not e.ledger.calls
+
+
+async def test_concurrent_questions_keep_every_member_call_within_the_hourly_limit(
+    ensemble_env, db_url
+) -> None:
+    await upgrade_database(db_url)
+    store = Store(create_engine(db_url))
+    try:
+        e = ensemble_env(ledger=store, max_requests_per_hour=5)  # room for one decision of three calls
+        for d in e.doubles:
+            d.responder = says(CODER, 0.9, delay_s=0.2)
+        a, b = await asyncio.gather(e.route("first question"), e.route("second question"))
+        assert sorted(str(d.fallback_reason) for d in (a, b)) == ["None", "rate_limited"]
+        assert [x.calls for x in e.doubles] == [1, 1, 1]
+        assert await store.router_calls_since(datetime.now(UTC) - timedelta(hours=1)) == 3
+    finally:
+        await store.close()
