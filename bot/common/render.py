@@ -94,7 +94,9 @@ def disclosure_line(d: Decision) -> str | None:
         if s.earlier_redactions:
             earlier += f" ({_items(s.earlier_redactions)} redacted)"
         question += f" and {earlier}"
-    return f"Sent to the meta-router: {question}"
+    # an ensemble sent it to each member: say so, the members are listed under "Votes"
+    to = f"{len(d.votes)} meta-routers" if len(d.votes) > 1 else "the meta-router"
+    return f"Sent to {to}: {question}"
 
 
 def _items(n: int) -> str:

@@ -208,6 +208,7 @@ async def test_one_failing_member_does_not_vote_and_the_others_decide(ensemble_e
         assert late.cost_usd == pytest.approx(COST["claude-haiku"])
     text = "\n".join(decision_details(d))
     assert "• claude: " in text and "• local: " in text
+    assert "Sent to 3 meta-routers: the question" in text  # each member was sent it, failed or not
 
 
 @pytest.mark.parametrize(
