@@ -18,6 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from typing import cast
 
 from core.config import Settings
 from core.errors import MetaRouterFailure
@@ -125,7 +126,7 @@ class Ensemble:
             result = await m.decide(req, inv, local_hint=hint)
         except MetaRouterFailure as exc:
             log.warning("meta-router %s failed (%s); it does not vote", m.name, exc)
-            reason = exc.reason if exc.reason in MOST_TELLING else "api_error"
+            reason = cast(FallbackReason, exc.reason if exc.reason in MOST_TELLING else "api_error")
             return _vote(m, failure=reason, cost_usd=getattr(exc, "cost_usd", 0.0), latency_ms=ms()), None
         except Exception:
             log.exception("meta-router %s raised unexpectedly; it does not vote", m.name)
@@ -153,11 +154,28 @@ def build_meta_router(settings: Settings) -> MetaRouter | Ensemble | None:
     return MetaRouter(settings) if settings.primary_router else None
 
 
-def _vote(m: MetaRouter, **fields: object) -> Vote:
-    return Vote(member=m.name, router_model=m.model, weight=m.weight, **fields)  # type: ignore[arg-type]
+def _vote(
+    m: MetaRouter,
+    *,
+    recommended_model: str | None = None,
+    confidence: float = 0.0,
+    failure: FallbackReason | None = None,
+    cost_usd: float = 0.0,
+    latency_ms: float = 0.0,
+) -> Vote:
+    return Vote(
+        member=m.name,
+        router_model=m.model,
+        weight=m.weight,
+        recommended_model=recommended_model,
+        confidence=confidence,
+        failure=failure,
+        cost_usd=cost_usd,
+        latency_ms=latency_ms,
+    )
 
 
-def _combine(counted: list[tuple[Vote, Decision | None]]) -> Decision:
+def _combine(counted: list[tuple[Vote, Decision]]) -> Decision:
     scores: dict[str, float] = {}
     for v, _ in counted:
         assert v.recommended_model is not None
@@ -166,7 +184,6 @@ def _combine(counted: list[tuple[Vote, Decision | None]]) -> Decision:
     winner = max(scores, key=lambda name: scores[name])
     backers = [(v, d) for v, d in counted if v.recommended_model == winner]
     _, lead = max(backers, key=lambda p: p[0].weight * p[0].confidence)
-    assert lead is not None
     runners_up = sorted((n for n in scores if n != winner), key=lambda n: -scores[n])
     confidence = scores[winner] / sum(v.weight for v, _ in counted)
     return lead.model_copy(

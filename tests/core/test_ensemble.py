@@ -344,3 +344,13 @@ async def test_concurrent_questions_keep_every_member_call_within_the_hourly_lim
         assert await store.router_calls_since(datetime.now(UTC) - timedelta(hours=1)) == 3
     finally:
         await store.close()
+
+
+async def test_a_tie_goes_to_the_earlier_member(ensemble_env) -> None:
+    e = ensemble_env(weights=(1, 1), confidence_threshold=0.3)
+    e.doubles[0].responder = says(DEEPSEEK, 0.8)
+    e.doubles[1].responder = says(CODER, 0.8)
+    e.doubles[2].responder = fails(Reply.server_error(503))
+    d = await e.route()
+    assert (d.recommended_model, d.confidence) == (DEEPSEEK, pytest.approx(0.5))
+    assert d.alternatives[0] == CODER
