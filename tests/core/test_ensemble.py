@@ -352,5 +352,5 @@ async def test_a_tie_goes_to_the_earlier_member(ensemble_env) -> None:
     e.doubles[1].responder = says(CODER, 0.8)
     e.doubles[2].responder = fails(Reply.server_error(503))
     d = await e.route()
-    assert (d.recommended_model, d.confidence) == (DEEPSEEK, pytest.approx(0.5))
+    assert (d.recommended_model, d.confidence) == (DEEPSEEK, pytest.approx(0.8 / 2))
     assert d.alternatives[0] == CODER
