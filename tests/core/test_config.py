@@ -139,3 +139,19 @@ def test_a_bad_meta_router_entry_names_the_setting(
         load_settings()
     assert str(err.value).startswith("METAROUTER_META_ROUTERS (meta_routers")
     assert problem in str(err.value) and "sk-primary-secret-456" not in str(err.value)
+
+
+def test_cli_exits_2_on_a_bad_meta_router_entry(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[[meta_routers]]\nmodel = "claude-haiku"\nbase_url = "http://gw/v1"\nweight = -1\n')
+    env = {"PATH": "", "HOME": str(tmp_path), "METAROUTER_CONFIG": str(cfg)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "route", "hello"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "METAROUTER_META_ROUTERS (meta_routers.0.weight)" in lines[0]
