@@ -16,6 +16,9 @@ Replayed request by request against these policies, on one Ollama host:
   settings' window, threshold and half-life, then pulls one model after another, as
   `PrePuller.run` does. A request for a model that is not local pulls it when it fits the budget, as
   serve does (serve never evicts on demand: when it does not fit, another, local model answers);
+- pre-pull, eviction on, true rates: the same job and replay given the rates the trace is drawn
+  from instead of the forecast (a perfect forecast): what is lost to pull time and to serve not
+  evicting on demand, rather than to forecasting;
 - best set per hour, known in advance: for reference, the models that would have served the most of
   each hour's actual requests within the budget, there at the start of the hour for free. It knows
   the future; no policy that keeps one set of models through an hour can do better.
@@ -36,7 +39,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from core.config import Settings
-from core.forecast import LOOKBACK, forecast, plan
+from core.forecast import LOOKBACK, Expected, forecast, hour_slots, plan
 from core.inventory import load_catalog
 from core.scheduling import cron_trigger
 from core.types import Inventory, ModelInfo
@@ -57,23 +60,38 @@ GROUPS = [
 ]
 
 
+def _asks(group: int, t: datetime) -> tuple[float, dict[str, float]]:
+    """A member of `group`'s requests per hour at `t`, and how they split among models."""
+    offset, prefs = GROUPS[group]
+    local = t + timedelta(hours=offset)
+    rate = HOURLY.get(local.hour, 0.01) * (1.0 if local.weekday() < 5 else 0.03)
+    if (t - START).days // 7 >= 2 and group in (0, 3):  # the new model takes over for two groups
+        prefs = {NEW_MODEL: 0.6, **{m: w * 0.4 for m, w in prefs.items()}}
+    return rate, prefs
+
+
 def trace(people: int, weeks: int, rng: random.Random) -> list[tuple[datetime, str]]:
     out: list[tuple[datetime, str]] = []
     for hour in range(weeks * 7 * 24):
         t = START + timedelta(hours=hour)
-        week = hour // (7 * 24)
         for person in range(people):
-            group = person % len(GROUPS)
-            offset, prefs = GROUPS[group]
-            local = t + timedelta(hours=offset)
-            rate = HOURLY.get(local.hour, 0.01) * (1.0 if local.weekday() < 5 else 0.03)
-            if week >= 2 and group in (0, 3):  # the new model takes over for two groups
-                prefs = {NEW_MODEL: 0.6, **{m: w * 0.4 for m, w in prefs.items()}}
+            rate, prefs = _asks(person % len(GROUPS), t)
             n = sum(rng.random() < rate / 4 for _ in range(4))  # ~Poisson, at most 4 an hour
             for _ in range(n):
                 model = rng.choices(list(prefs), weights=list(prefs.values()))[0]
                 out.append((t + timedelta(seconds=rng.uniform(0, 3599)), model))
     return sorted(out)
+
+
+def true_forecast(people: int, now: datetime, window_h: float) -> list[Expected]:
+    """What the trace is drawn from over the window: a perfect forecast, for reference."""
+    out: dict[str, float] = {}
+    for slot, share in hour_slots(now, now + timedelta(hours=window_h)):
+        for group in range(len(GROUPS)):
+            rate, prefs = _asks(group, slot)
+            for m, w in prefs.items():
+                out[m] = out.get(m, 0.0) + len(range(group, people, len(GROUPS))) * rate * w * share
+    return sorted((Expected(m, v) for m, v in out.items()), key=lambda e: -e.requests)
 
 
 @dataclass
@@ -149,9 +167,11 @@ def replay(
     weeks: int,
     settings: Settings | None,
     cold: Counter[tuple[int, str, str]] | None = None,
+    perfect_for: int | None = None,
 ) -> list[tuple[int, int]]:
     """(warm, total) per week; `settings` None: pull on demand + LRU, else the pre-pull job. Counts
-    the cold requests by (week, model, "pulling" or "absent") into `cold`."""
+    the cold requests by (week, model, "pulling" or "absent") into `cold`. `perfect_for` (the team
+    size): the job is given the trace's true rates instead of the forecast."""
     host = Host(sizes, budget, mb_s)
     per_week = [[0, 0] for _ in range(weeks)]
     history: list[tuple[str, datetime]] = []
@@ -163,8 +183,12 @@ def replay(
             now = fires[f]
             host.settle(now)
             lookback = [(m, at) for m, at in history if at >= now - LOOKBACK]
-            expected = forecast(
-                lookback, now, settings.prepull_window_h, halflife_days=settings.forecast_halflife_days
+            expected = (
+                true_forecast(perfect_for, now, settings.prepull_window_h)
+                if perfect_for
+                else forecast(
+                    lookback, now, settings.prepull_window_h, halflife_days=settings.forecast_halflife_days
+                )
             )
             p = plan(
                 expected,
@@ -255,6 +279,16 @@ def main() -> None:
             requests, sizes, budget, mb_s=args.mb_s, weeks=args.weeks, settings=settings, cold=counter
         )
         _row(name, weeks)
+    perfect = replay(
+        requests,
+        sizes,
+        budget,
+        mb_s=args.mb_s,
+        weeks=args.weeks,
+        settings=policies[1][1],
+        perfect_for=args.people,
+    )
+    _row("pre-pull, eviction on, true rates", perfect)
     _row("best set per hour, known in advance", best_per_hour(requests, sizes, budget, args.weeks))
     if args.why:
         print("\ncold requests with eviction on (week, model, waiting for a pull or not local): n")

@@ -30,10 +30,10 @@ log = logging.getLogger(__name__)
 
 HOURS_PER_WEEK = 168
 LOOKBACK = timedelta(weeks=8)
-# share of the forecast from the same hour on the last DAILY_DAYS days, against the same hour of the
-# week in past weeks
-DAILY_WEIGHT = 0.3
-DAILY_DAYS = 3
+# share of the forecast from the same hour on the last DAILY_DAYS days of the same kind (working days
+# or weekend), against the same hour of the week in past weeks
+DAILY_WEIGHT = 0.5
+DAILY_DAYS = 5
 # hours of recent answers compared with their forecast: a model asked for more than expected is
 # expected to go on being asked for at that surplus rate
 RECENT_H = 3
@@ -75,7 +75,7 @@ def forecast(
 
     def seasonal(begin: datetime, end: datetime) -> dict[str, float]:
         out: dict[str, float] = {}
-        for slot, share in _slots(begin, end):
+        for slot, share in hour_slots(begin, end):
             for model, v in _seasonal(counts, slot, start, now, halflife_h).items():
                 out[model] = out.get(model, 0.0) + v * share
         return out
@@ -96,7 +96,7 @@ def forecast(
     return sorted(out, key=lambda e: (-e.requests, e.model))
 
 
-def _slots(begin: datetime, end: datetime) -> list[tuple[datetime, float]]:
+def hour_slots(begin: datetime, end: datetime) -> list[tuple[datetime, float]]:
     """Each clock hour [begin, end) touches, with the share of it covered."""
     slots: list[tuple[datetime, float]] = []
     h = _hour(begin)
@@ -121,16 +121,12 @@ def _seasonal(
     weekly = _mean(
         counts, [(p, 0.5 ** ((now - p).total_seconds() / 3600 / halflife_h)) for p in past if p >= start]
     )
-    # the same hour on the last few days: what changed this week (a model that just became
-    # popular), and all there is before a week of history
-    daily = _mean(
-        counts,
-        [
-            (slot - timedelta(days=k), 1.0)
-            for k in range(1, DAILY_DAYS + 1)
-            if slot - timedelta(days=k) >= start
-        ],
-    )
+    # the same hour on the last few days of the same kind (working day or weekend): what changed
+    # this week (a model that just became popular), and all there is before a week of history
+    weekend = slot.weekday() >= 5
+    days = [slot - timedelta(days=k) for k in range(1, 15)]
+    alike = [d for d in days if d >= start and (d.weekday() >= 5) == weekend][:DAILY_DAYS]
+    daily = _mean(counts, [(d, 1.0) for d in alike])
     a = DAILY_WEIGHT if weekly is not None else 1.0
     return {
         model: (1 - a) * (weekly or {}).get(model, 0.0) + a * (daily or {}).get(model, 0.0)
@@ -236,6 +232,13 @@ def _most_expected_within(sizes: dict[str, float], value: dict[str, float], room
     return chosen
 
 
+async def expected_demand(store: Store, settings: Settings, now: datetime | None = None) -> list[Expected]:
+    """The forecast for the next `prepull_window_h` hours from the stored usage history."""
+    now = now or datetime.now(UTC)
+    history = await store.demand_times(now - LOOKBACK)
+    return forecast(history, now, settings.prepull_window_h, halflife_days=settings.forecast_halflife_days)
+
+
 class PrePuller:
     def __init__(self, settings: Settings, store: Store, inventory: InventoryService, generator: Generator):
         self.settings = settings
@@ -244,15 +247,8 @@ class PrePuller:
         self.generator = generator
         self._forecast: tuple[float, list[Expected]] | None = None
 
-    async def expected(self, now: datetime | None = None, window_h: float | None = None) -> list[Expected]:
-        now = now or datetime.now(UTC)
-        history = await self.store.answer_times(now - LOOKBACK)
-        return forecast(
-            history,
-            now,
-            window_h or self.settings.prepull_window_h,
-            halflife_days=self.settings.forecast_halflife_days,
-        )
+    async def expected(self, now: datetime | None = None) -> list[Expected]:
+        return await expected_demand(self.store, self.settings, now)
 
     async def run(self, now: datetime | None = None) -> Plan:
         """Forecast, then pull (and evict, if configured) on the Ollama hosts. Never raises for a
