@@ -26,7 +26,7 @@ Replayed request by request against these policies, on one Ollama host:
 Pulls take size / --mb-s (50 MB/s by default) and go one after another over the host's link; a
 request for a model that is still being pulled waits for it and counts as cold. Models used in the
 last 5 minutes are loaded (Ollama's default keep-alive), and `plan` never evicts a loaded model.
-The forecast reads every request's model; serve's forecast reads the model each answer came from.
+The forecast reads every request's model, as serve's reads the model routing chose for each request.
 --why lists the cold requests of the eviction-on line by week and model.
 """
 

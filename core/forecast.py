@@ -1,13 +1,17 @@
 """Predictive pre-pull: which models will be wanted in the next hours, and getting them local first.
 
-The forecast is hour-of-week seasonality with recency weighting: for each model and each of the 168
-hours of the week, the recency-weighted mean number of answers it gave in that hour over the past
-weeks. Blended with the same hour on the last few days, so a model that became popular this week is
-expected before a week of it has passed, and the first week has a forecast at all.
+The forecast, per model and clock hour of the window, blends two seasonal views: the same hour of
+the week in past weeks (recency-weighted), and the same hour on the last few days of the same kind
+(working day or weekend), so that the first week has a forecast and this week's changes count
+before a week has passed. On top of that comes the surplus of the last RECENT_H hours: what a model
+was asked for beyond what was forecast for those hours goes on at that rate, so a model the team
+took up this morning is expected within hours. The history is the model routing chose for each
+request, which is the demand even when another model had to answer.
 
-`plan()` is pure (forecast + inventory -> what to pull and evict); `PrePuller` carries it out through
-the Generator, which records each pull and removal, and marks them here as `prepull` / `evict` events
-so reports can tell them apart and count the requests they served.
+`plan()` is pure (forecast + inventory -> what to pull and evict): the set of models expected to
+serve the most requests within the disk budget. `PrePuller` carries it out through the Generator,
+which records each pull and removal, and marks them here as `prepull` / `evict` events so reports
+can tell them apart and count the requests they served.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ DAILY_WEIGHT = 0.5
 DAILY_DAYS = 5
 # hours of recent answers compared with their forecast: a model asked for more than expected is
 # expected to go on being asked for at that surplus rate
-RECENT_H = 3
+RECENT_H = 2
 
 
 def hour_of_week(t: datetime) -> int:
