@@ -248,20 +248,16 @@ async def _forecast_footer(service: Any, inv: Any) -> None:
     store = service.store
     if store is None:
         return
-    from datetime import UTC, datetime
-
-    from core.forecast import LOOKBACK, forecast
+    from core.forecast import expected_demand, plan
 
     settings = service.settings
-    now = datetime.now(UTC)
     try:
-        history = await store.answer_times(now - LOOKBACK)
+        expected = await expected_demand(store, settings)
     except Exception:
         return
-    window_h = settings.prepull_window_h
-    expected = forecast(history, now, window_h, halflife_days=settings.forecast_halflife_days)
     if not expected:
         return
+    window_h = settings.prepull_window_h
     window = f"{window_h:g} h"
     shown = []
     for e in expected[:5]:
@@ -269,6 +265,17 @@ async def _forecast_footer(service: Any, inv: Any) -> None:
         where = "local" if info is not None and info.local else "not local"
         shown.append(f"{e.model} ~{e.requests:.1f} ({where})")
     print(f"\nforecast, next {window}: " + ", ".join(shown))
+    p = plan(
+        expected,
+        inv,
+        budget_gb=settings.disk_budget_gb,
+        min_expected=settings.prepull_min_expected,
+        evict=settings.evict_enabled,
+    )
+    if settings.prepull_enabled and (p.pull or p.evict):
+        todo = [f"pull {', '.join(e.model for e in p.pull)}"] if p.pull else []
+        todo += [f"evict {', '.join(p.evict)}"] if p.evict else []
+        print(f"the next pre-pull would {' and '.join(todo)}")
 
 
 class _SecretFilter(logging.Filter):

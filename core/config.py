@@ -217,7 +217,16 @@ class Settings(BaseSettings):
     )
     # Slack: user ids allowed to /models pull and remove; channels the bot answers in (empty: every
     # channel it is in; DMs always); the least seconds between two edits of a streaming message
-    slack_admin_users: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # also read as slack_admin_user_ids, the spelling of its Discord counterpart
+    slack_admin_users: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        validation_alias=_env(
+            "slack_admin_users",
+            "slack_admin_user_ids",
+            "METAROUTER_SLACK_ADMIN_USERS",
+            "METAROUTER_SLACK_ADMIN_USER_IDS",
+        ),
+    )
     slack_allowed_channels: Annotated[list[str], NoDecode] = Field(default_factory=list)
     slack_update_interval_s: float = Field(1.0, ge=0, le=60)
     slack_rerun_buttons: bool = True  # "Try <alternative>" buttons under each answer

@@ -212,23 +212,34 @@ def render_text(report: Report) -> str:
 
 
 def render_png(report: Report) -> bytes:
-    """The report as one chart image: requests per day, per model, decision sources, query types."""
+    """The report as one chart image: the key figures, then requests per day, per model, decision
+    sources and query types."""
     import matplotlib
 
     matplotlib.use("Agg")  # headless: no display on a server
     from matplotlib.figure import Figure
 
     r = report
-    fig = Figure(figsize=(11, 7), dpi=100)
-    fig.suptitle(f"MetaRouter — {r.since:%Y-%m-%d} to {r.until:%Y-%m-%d} — {r.requests} requests")
+    fig = Figure(figsize=(11, 7.5), dpi=100, layout="constrained")
+    sat = "–" if r.satisfaction is None else f"{r.satisfaction:.0%} of {r.positive + r.negative} ratings"
+    fig.suptitle(
+        f"MetaRouter — {r.since:%Y-%m-%d} to {r.until:%Y-%m-%d} — {r.requests} requests\n"
+        f"satisfaction {sat} · fallback {r.fallback_rate:.0%} · decision p50 {_ms(r.decision_p50_ms)},"
+        f" p95 {_ms(r.decision_p95_ms)} · router ${r.router_cost_usd:.3f}\n"
+        f"pulls {r.pulls} (pre-pulls {r.prepulls}) · evictions {r.evictions} · "
+        f"pre-pull hits {r.prepull_hits} requests",
+        fontsize=11,
+    )
     (a, b), (c, d) = fig.subplots(2, 2)
 
-    a.set_title("Requests per day")
-    if r.daily:
-        a.bar([day[5:] for day, _ in r.daily], [v for _, v in r.daily], color="#4c72b0")
-        a.tick_params(axis="x", labelrotation=45, labelsize=7)
+    a.set_title("Requests per day (UTC)")
+    days = _days(r)
+    if days:
+        a.bar([f"{day:%a}\n{day:%m-%d}" for day, _ in days], [v for _, v in days], color="#4c72b0")
+        a.tick_params(axis="x", labelsize=8)
+    a.set_ylabel("requests")
 
-    b.set_title("Answers and satisfaction per model")
+    b.set_title("Answers per model (label: satisfaction)")
     top = r.by_model[:8]
     if top:
         names = [u.model for u in top][::-1]
@@ -236,37 +247,38 @@ def render_png(report: Report) -> bytes:
         for i, u in enumerate(top[::-1]):
             if u.satisfaction is not None:
                 b.text(u.answers, i, f" {u.satisfaction:.0%}", va="center", fontsize=8)
-        b.tick_params(axis="y", labelsize=7)
+        b.tick_params(axis="y", labelsize=8)
+        b.set_xlim(0, max(u.answers for u in top) * 1.12)  # room for the labels
+    b.set_xlabel("answers")
 
     c.set_title("Decided by")
     if r.by_source:
         c.pie(
-            list(r.by_source.values()), labels=list(r.by_source), autopct="%1.0f%%", textprops={"fontsize": 8}
+            list(r.by_source.values()),
+            labels=[f"{s} ({n})" for s, n in r.by_source.items()],
+            autopct="%1.0f%%",
+            textprops={"fontsize": 9},
+            startangle=90,
         )
-    c.text(
-        0.0,
-        -0.12,
-        f"fallback {r.fallback_rate:.0%} · p50 {_ms(r.decision_p50_ms)} · p95 {_ms(r.decision_p95_ms)}"
-        f" · ${r.router_cost_usd:.3f}",
-        transform=c.transAxes,
-        fontsize=8,
-    )
 
-    d.set_title("Query types")
+    d.set_title("Requests per query type")
     if r.by_query_type:
         d.bar(list(r.by_query_type), list(r.by_query_type.values()), color="#c44e52")
-    d.text(
-        0.0,
-        -0.15,
-        f"pulls {r.pulls} (pre-pulls {r.prepulls}) · evictions {r.evictions}"
-        f" · pre-pull hits {r.prepull_hits}",
-        transform=d.transAxes,
-        fontsize=8,
-    )
-    fig.tight_layout()
+    d.set_ylabel("requests")
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
+
+
+def _days(r: Report) -> list[tuple[datetime, int]]:
+    """Requests on every day of the period, quiet ones (weekends) included."""
+    counts = dict(r.daily)
+    day = r.since.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    out: list[tuple[datetime, int]] = []
+    while day <= r.until and counts:
+        out.append((day, counts.get(f"{day:%Y-%m-%d}", 0)))
+        day += timedelta(days=1)
+    return out
 
 
 async def report_for(store: Store, period: timedelta) -> tuple[str, bytes]:

@@ -506,14 +506,17 @@ class Store:
             )
         return list(by_request.values())
 
-    async def answer_times(self, since: datetime) -> list[tuple[str, datetime]]:
-        """(model, when) of every generated answer since `since`: the forecast's usage history."""
+    async def demand_times(self, since: datetime) -> list[tuple[str, datetime]]:
+        """(model, when) of every request since `since`, the model being the one routing chose: the
+        forecast's usage history. Not the model that answered: when the chosen one could not be
+        pulled (the disk was full), another answered, and the demand for the chosen one would never
+        show in the forecast that could pull it."""
         async with self._tx() as s:
             rows = (
                 await s.execute(
-                    select(Answer.model, Answer.created_at)
-                    .where(Answer.created_at >= since, Answer.status.in_(GENERATED_STATUSES))
-                    .order_by(Answer.created_at)
+                    select(Request.recommended_model, Request.created_at)
+                    .where(Request.created_at >= since)
+                    .order_by(Request.created_at)
                 )
             ).all()
         return [(m, t) for m, t in rows]

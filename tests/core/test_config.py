@@ -37,6 +37,21 @@ def test_several_ollama_hosts_override_ollama_host(monkeypatch: pytest.MonkeyPat
 
 
 @pytest.mark.parametrize(
+    "var",
+    ["METAROUTER_SLACK_ADMIN_USERS", "METAROUTER_SLACK_ADMIN_USER_IDS"],  # as Discord spells it
+)
+def test_slack_admins_under_either_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, var: str) -> None:
+    monkeypatch.setenv(var, "U1, U2")
+    assert load_settings().slack_admin_users == ["U1", "U2"]
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('slack_admin_user_ids = ["U3"]\n')
+    monkeypatch.setenv("METAROUTER_CONFIG", str(cfg))
+    assert load_settings().slack_admin_users == ["U1", "U2"]  # the environment still wins
+    monkeypatch.delenv(var)
+    assert load_settings().slack_admin_users == ["U3"]
+
+
+@pytest.mark.parametrize(
     ("var", "value"),
     [
         ("METAROUTER_DECISION_TIMEOUT_S", "soon"),

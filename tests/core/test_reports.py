@@ -111,7 +111,7 @@ async def test_the_chart_is_a_png_that_decodes(store: Store) -> None:
 
     img = Image.open(io.BytesIO(png))
     img.verify()
-    assert img.format == "PNG" and img.size == (1100, 700)
+    assert img.format == "PNG" and img.size == (1100, 750)
 
 
 async def test_an_empty_period_reports_no_requests(store: Store) -> None:
