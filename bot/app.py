@@ -18,7 +18,7 @@ from core.routing.chain import MemoryLedger, RoutingChain
 from core.routing.local import LocalRouter
 from core.routing.meta import MetaRouter
 from core.service import ChatService
-from core.store import BufferedStore, Store, create_engine, upgrade_database
+from core.store import BufferedStore, create_engine, upgrade_database
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 class App:
     settings: Settings
     service: ChatService
-    store: Store | None
+    store: BufferedStore | None
     local_router: LocalRouter
     meta: MetaRouter | None = None
 
