@@ -54,7 +54,7 @@ async def serve(settings: Settings) -> int:
     http = HttpServer(settings)
     adapters = platform_adapters(settings, app, http)
     counters = JobCounters()
-    http.ops(health_checks(app, adapters), Metrics(app.store, counters), info=_buffer_info(app))
+    http.ops(health_checks(app, adapters), Metrics(app.store, counters), info=buffer_info(app))
     sinks = {
         type(a).__name__.removesuffix("Adapter").lower(): a for a in adapters if hasattr(a, "post_report")
     }
@@ -107,7 +107,7 @@ async def serve(settings: Settings) -> int:
     return 0
 
 
-def _buffer_info(app: App) -> HealthInfo | None:
+def buffer_info(app: App) -> HealthInfo | None:
     """/healthz shows how many database writes wait for the database (an outage loses none)."""
     store = app.store
     if store is None:

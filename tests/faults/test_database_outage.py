@@ -9,9 +9,13 @@ from __future__ import annotations
 import asyncio
 import time
 
+import aiohttp
 import pytest
 from sqlalchemy import text
 
+from bot.http import HttpServer
+from bot.serve import buffer_info, health_checks
+from core.metrics import Metrics
 from core.store import create_engine
 from tests.doubles.tcpproxy import TcpProxy
 
@@ -66,6 +70,21 @@ async def test_an_outage_loses_no_request_answer_or_rating(
     await bot.ask(slack_double.react("U3", "C1", first_answer, "heart"))
     state = bot.app.store.buffer_state()
     assert state.pending > 0 and state.dropped == 0
+    # operators see it: the database is down and how many writes wait for it
+    http = HttpServer(bot.app.settings)
+    http.ops(health_checks(bot.app, []), Metrics(bot.app.store), info=buffer_info(bot.app))
+    await http.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{http.port}/healthz") as resp:
+                health = await resp.json()
+            async with session.get(f"http://127.0.0.1:{http.port}/metrics") as resp:
+                metrics = await resp.text()
+    finally:
+        await http.close()
+    assert health["status"] == "degraded" and health["checks"]["database"] == "down"
+    assert health["database_buffer"]["pending"] == state.pending
+    assert f"metarouter_database_buffered {float(state.pending)}" in metrics
     assert len(await rows(direct, "SELECT id FROM requests")) == 1  # nothing of it reached the database
     cut_at = await rows(direct, "SELECT now()")
 
