@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 Notify = Callable[[list[UnfinishedAnswer]], Awaitable[None]]
 MISSED_HEARTBEATS = 3  # a replica silent this many intervals is taken for stopped
+RETIRE_S = 2.0  # of the 30 s SIGTERM allows mid-answer (CONTRACT.md), after the adapters' drain
 
 
 class Recovery:
@@ -42,9 +43,12 @@ class Recovery:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         try:
-            left = [a for a in await self.store.unfinished_answers() if a.replica == self.store.replica_id]
-            await self.store.close_streaming(a.answer_id for a in left)
-            await self.store.retire()
+            async with asyncio.timeout(RETIRE_S):
+                left = [
+                    a for a in await self.store.unfinished_answers() if a.replica == self.store.replica_id
+                ]
+                await self.store.close_streaming(a.answer_id for a in left)
+                await self.store.retire()
         except Exception as exc:  # the database is down: others take over once the heartbeat is stale
             log.warning("could not retire this replica (%s)", type(exc).__name__)
 

@@ -124,7 +124,7 @@ class BufferedStore(Store):
         if self._queue or self._prepare is not None:
             self._wake.set()
 
-    async def close(self, flush_s: float = 3.0) -> None:
+    async def close(self, flush_s: float = 2.0) -> None:
         """One last bounded attempt to write the queue; what remains stays in the spool."""
         if self._flusher is not None:
             self._flusher.cancel()
