@@ -284,7 +284,7 @@ class BufferedStore(Store):
     # --- internals: writing or queueing ---------------------------------------------------------
     async def _write(self, method: str, **kwargs: Any) -> Any:
         args = _encode(kwargs)
-        if not self._queue:
+        if not self._queue and self._prepare is None:  # (until the schema is upgraded, everything queues)
             try:
                 resolved = self._resolve(args)
             except _Skip:

@@ -9,6 +9,11 @@ from core.store import BufferedStore, create_engine
 UNREACHABLE = "postgresql+asyncpg://postgres@127.0.0.1:9/nothing"  # port 9: connection refused
 
 
+def spools(directory: Path) -> list[tuple[int, str]]:
+    """(permission bits, text) of each spool file."""
+    return [(p.stat().st_mode & 0o777, p.read_text()) for p in sorted(directory.glob("outbox-*.jsonl"))]
+
+
 async def test_a_long_outage_keeps_at_most_max_ops_writes_and_counts_the_rest(tmp_path: Path) -> None:
     store = BufferedStore(create_engine(UNREACHABLE), spool_dir=tmp_path, max_ops=100, write_timeout_s=2)
     await store.start()
@@ -17,12 +22,12 @@ async def test_a_long_outage_keeps_at_most_max_ops_writes_and_counts_the_rest(tm
             await store.record_model_event("llama3.2:3b", "http://h", "load", f"{i}")
         state = store.buffer_state()
         assert (state.pending, state.dropped) == (100, 5)
-        spool = next(tmp_path.glob("outbox-*.jsonl"))
-        assert spool.stat().st_mode & 0o777 == 0o600  # it may hold questions: owner only
-        assert len(spool.read_text().splitlines()) == 100
+        [(mode, spooled)] = spools(tmp_path)
+        assert mode == 0o600  # it may hold questions: owner only
+        assert len(spooled.splitlines()) == 100
     finally:
         await store.close(flush_s=0.5)
-    assert len(list(tmp_path.glob("outbox-*.jsonl"))) == 1  # kept for the next start
+    assert len(spools(tmp_path)) == 1  # kept for the next start
 
 
 async def test_questions_not_to_be_stored_are_not_spooled_either(tmp_path: Path) -> None:
@@ -45,6 +50,6 @@ async def test_questions_not_to_be_stored_are_not_spooled_either(tmp_path: Path)
             platform="slack", channel_id="C1", user_id="U1", query="my secret plan", decision=d
         )
         assert rid < 0  # provisional until the database is back
-        assert "secret" not in next(tmp_path.glob("outbox-*.jsonl")).read_text()
+        assert "secret" not in spools(tmp_path)[0][1]
     finally:
         await store.close(flush_s=0.5)
