@@ -178,7 +178,9 @@ class ChatService:
         answer_id: int | None = None
         stats: AnswerStats | None = None
         error: str | None = None
-        recorded: set[str] = set()  # messages of this answer recorded so far
+        # messages of this answer recorded so far, when the reply can tell
+        tracked = reply if isinstance(reply, TracksMessages) else None
+        recorded: set[str] = set()
         try:
             async for event in self.generator.stream(decision, turns):
                 match event:
@@ -205,11 +207,11 @@ class ChatService:
                             text, broke = "", None
                         if request_id is not None:
                             answer_id = await self._safe(self.store.start_answer(request_id, model, host))
-                        await self._record_messages(answer_id, msg, reply, recorded)
+                        await self._record_messages(answer_id, msg, tracked, recorded)
                     case Token(text=piece):
                         text += piece
                         await reply.stream(above + text)
-                        await self._record_messages(answer_id, msg, reply, recorded)
+                        await self._record_messages(answer_id, msg, tracked, recorded)
                     case Retrying():
                         # the broken-off answer stays, recorded as incomplete; the next one goes below it
                         broke = event
@@ -276,11 +278,16 @@ class ChatService:
         )
 
     async def _record_messages(
-        self, answer_id: int | None, msg: IncomingMessage, reply: Reply, recorded: set[str]
+        self, answer_id: int | None, msg: IncomingMessage, reply: TracksMessages | None, recorded: set[str]
     ) -> None:
         """Records each message of an answer as soon as it is posted: if this process stops mid-answer,
-        the next start finds them and marks them interrupted (bot/serve.py)."""
-        if answer_id is None or self.store is None or not isinstance(reply, TracksMessages):
+        the next start finds them and marks them interrupted (core/recovery.py)."""
+        if (
+            answer_id is None
+            or self.store is None
+            or reply is None
+            or len(recorded) == len(reply.message_ids)
+        ):
             return
         for mid in reply.message_ids:
             if mid not in recorded:

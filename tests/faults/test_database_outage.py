@@ -7,6 +7,7 @@ real engine sees a real outage (connections reset, new ones refused).
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 
 import aiohttp
@@ -18,6 +19,7 @@ from bot.serve import buffer_info, health_checks
 from core.metrics import Metrics
 from core.store import create_engine
 from tests.doubles.tcpproxy import TcpProxy
+from tests.faults.processes import serve, serve_env
 
 pytestmark = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 
@@ -124,3 +126,43 @@ async def test_a_restart_during_the_outage_loses_nothing(
     assert await rows(direct, "SELECT user_id FROM requests") == [("U1",)]
     assert await rows(direct, "SELECT status FROM answers") == [("ok",)]
     assert await rows(direct, "SELECT user_id, rating FROM feedback") == [("U1", 1)]
+
+
+async def test_serve_starts_and_answers_while_the_database_is_down(
+    slack_double, ollama_double, proxied, tmp_path
+) -> None:
+    url, proxy, direct = proxied
+    ollama_double.add_model("llama3.2:3b", size_gb=2.0)
+    ollama_double.reply = "Answered without a database."
+    env = serve_env(
+        tmp_path / "data",
+        slack_double,
+        ollama_double.url,
+        DATABASE_URL=url,
+        METAROUTER_DB_WRITE_TIMEOUT_S="2",
+    )
+    await proxy.stop()
+    proc = await serve(env)
+    try:
+        await slack_double.wait_for_socket(within=60)
+        q = slack_double.mention("C1", "U1", "<@UBOT> are you there?")
+        await slack_double.deliver(q)
+        deadline = time.monotonic() + 30
+        while slack_double.answer("C1", q["event"]["ts"]) != "Answered without a database.":
+            assert time.monotonic() < deadline, slack_double.thread("C1", q["event"]["ts"])
+            await asyncio.sleep(0.1)
+
+        await proxy.start()  # the schema is created, then what was buffered is written
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if await rows(direct, "SELECT status FROM answers") == [("ok",)]:
+                    break
+            except Exception:  # no table yet
+                pass
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.5)
+        assert await rows(direct, "SELECT user_id FROM requests") == [("U1",)]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0

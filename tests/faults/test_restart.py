@@ -4,19 +4,15 @@ chat and in the database, and never while the process writing them is alive."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 import time
-from pathlib import Path
 
 from sqlalchemy import text
 
 from bot.slack import render
 from core.recovery import Recovery
 from core.store import create_engine
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.faults.processes import serve, serve_env
 
 
 async def statuses(url: str) -> list[str]:
@@ -35,39 +31,13 @@ async def until(check, within: float = 30.0, what: object = None) -> None:
         await asyncio.sleep(0.1)
 
 
-def serve(env: dict[str, str]):
-    return asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot.cli",
-        "serve",
-        env=env,
-        cwd=ROOT,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-
-
 async def test_a_killed_process_leaves_answers_the_next_start_marks_interrupted(
     slack_double, ollama_double, tmp_path
 ) -> None:
     ollama_double.add_model("llama3.2:3b", size_gb=2.0)
     ollama_double.reply = "A long answer that will never be finished by this process."
     ollama_double.stall_after_tokens = 4
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("METAROUTER_", "SLACK_", "OPENAI_"))}
-    env.pop("DATABASE_URL", None)
-    env |= {
-        "METAROUTER_DATA_DIR": str(tmp_path / "data"),
-        "METAROUTER_HTTP_PORT": "0",
-        "METAROUTER_SLACK_UPDATE_INTERVAL_S": "0.05",
-        "METAROUTER_REPLICA_HEARTBEAT_S": "1",
-        "HF_HUB_OFFLINE": "1",
-        "OLLAMA_HOST": ollama_double.url,
-        "SLACK_BOT_TOKEN": "xoxb-test-token",
-        "SLACK_APP_TOKEN": "xapp-test-token",
-        "SLACK_API_URL": slack_double.api_url,
-    }
+    env = serve_env(tmp_path / "data", slack_double, ollama_double.url, METAROUTER_REPLICA_HEARTBEAT_S="1")
     url = f"sqlite+aiosqlite:///{tmp_path / 'data' / 'metarouter.db'}"
     first = await serve(env)
     try:
