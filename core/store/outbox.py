@@ -16,6 +16,11 @@ the answer or to nothing, in which case the writes that depend on it are skipped
 Order. While anything is queued, every new write queues behind it, even if the database is back:
 a write never overtakes one it may depend on.
 
+Waiting. A write or a read on the answering path (deduplication, model statistics, the router's
+budget) waits at most `write_timeout_s`; once the database is known to be down (something is queued
+and the last attempt failed) they fail at once, and only the flusher keeps probing it. So a database
+that hangs rather than refuses delays one answer, not all of them.
+
 Spool. Each queued write is also appended to a JSON Lines file in the data directory (mode 0600: it
 holds what the database would, questions included) before the call returns, and each write that
 lands appends a line saying so, with the real id it got. A process killed during an outage leaves
@@ -37,7 +42,7 @@ import json
 import logging
 import os
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -48,7 +53,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from core.errors import StoreUnavailable
 from core.store.models import utcnow
 from core.store.repository import Store, query_hash
-from core.types import Decision
+from core.types import Decision, ModelStats
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +99,7 @@ class BufferedStore(Store):
         max_ops: int = 10_000,
         write_timeout_s: float = 5.0,
         backoff_s: tuple[float, float] = (0.5, 30.0),
-        prepare: Callable[[], Awaitable[None]] | None = None,
+        prepare: Callable[[], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         """`prepare` runs once before the first flush (the schema upgrade, when the database was
         down at start-up)."""
@@ -114,6 +119,7 @@ class BufferedStore(Store):
         self._flusher: asyncio.Task[None] | None = None
         self._spool: IO[str] | None = None
         self._spool_path: Path | None = None
+        self._down = False  # the last attempt failed: reads fail fast while writes are queued
 
     # --- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -281,6 +287,15 @@ class BufferedStore(Store):
     async def claim_event(self, key: str) -> bool:
         return await self._timed(super().claim_event(key))
 
+    async def model_stats(self) -> dict[str, ModelStats]:
+        return await self._timed(super().model_stats())
+
+    async def router_calls_since(self, t: datetime) -> int:
+        return await self._timed(super().router_calls_since(t))
+
+    async def router_spend_since(self, t: datetime) -> float:
+        return await self._timed(super().router_spend_since(t))
+
     # --- internals: writing or queueing ---------------------------------------------------------
     async def _write(self, method: str, **kwargs: Any) -> Any:
         args = _encode(kwargs)
@@ -293,17 +308,23 @@ class BufferedStore(Store):
                 try:
                     return await self._timed(self._call(method, resolved))
                 except StoreUnavailable as exc:
+                    self._down = True
                     log.warning("database unavailable (%s); buffering writes", exc)
         return self._enqueue(method, args)
 
-    async def _timed(self, op: Awaitable[Any]) -> Any:
+    async def _timed(self, op: Coroutine[Any, Any, Any], *, probe: bool = False) -> Any:
+        """`op` within the write timeout; at once StoreUnavailable while the database is known down
+        (unless this is the flusher's `probe`)."""
+        if self._down and self._queue and not probe:
+            op.close()
+            raise StoreUnavailable("database unavailable (writes are buffered)")
         try:
             async with asyncio.timeout(self.write_timeout_s):
                 return await op
         except TimeoutError:
             raise StoreUnavailable(f"database did not answer within {self.write_timeout_s:g} s") from None
 
-    def _call(self, method: str, args: dict[str, Any]) -> Awaitable[Any]:
+    def _call(self, method: str, args: dict[str, Any]) -> Coroutine[Any, Any, Any]:
         return getattr(Store, method)(self, **_decode(args))  # type: ignore[no-any-return]
 
     def _enqueue(self, method: str, args: dict[str, Any]) -> Any:
@@ -371,20 +392,28 @@ class BufferedStore(Store):
 
     async def _flush(self) -> None:
         """Writes the queue in order; raises StoreUnavailable where the database stops answering."""
+        try:
+            await self._write_queue()
+        except StoreUnavailable:
+            self._down = True
+            raise
+        self._down = False
+
+    async def _write_queue(self) -> None:
         if self._prepare is not None:
-            await self._timed(self._prepare())
+            await self._timed(self._prepare(), probe=True)
             self._prepare = None
         if not self._queue:
             return
         # before the replayed answers land, so no other replica takes them for abandoned
-        await self._timed(Store.heartbeat(self))
+        await self._timed(Store.heartbeat(self), probe=True)
         while self._queue:
             op = self._queue[0]
             result: Any = None
             try:
                 args = self._resolve(op.args)
                 assert args is not None, "a queued write refers only to writes queued before it"
-                result = await self._timed(self._call(op.method, args))
+                result = await self._timed(self._call(op.method, args), probe=True)
             except _Skip:
                 log.info("buffered %s skipped: what it refers to was never written", op.method)
             except StoreUnavailable:
