@@ -65,6 +65,15 @@ async def test_a_killed_process_leaves_answers_the_next_start_marks_interrupted(
         again = next(b for b in last.buttons() if b["text"]["text"].startswith("Try again"))
         assert '"q":"' + ts in again["value"]  # the retry re-asks that question
         assert await statuses(url) == ["incomplete"]
+
+        ollama_double.stall_after_tokens = None
+        await slack_double.click(again, message=last)  # the retry answers in full, in the same thread
+        full = ollama_double.reply
+        await until(
+            lambda: full in slack_double.bot_replies("C1", ts)[-1].visible(),
+            what=lambda: slack_double.thread("C1", ts),
+        )
+        assert await statuses(url) == ["incomplete", "ok"]
     finally:
         second.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(second.wait(), 30) == 0
