@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+import socket
+import uuid
 from dataclasses import dataclass
 
 from core.config import Settings
+from core.errors import StoreUnavailable
 from core.generation import Generator
 from core.inventory import InventoryService, load_catalog
 from core.routing.cache import DecisionCache
@@ -14,7 +19,7 @@ from core.routing.ensemble import Ensemble, build_meta_router
 from core.routing.local import LocalRouter
 from core.routing.meta import MetaRouter
 from core.service import ChatService
-from core.store import Store, create_engine, upgrade_database
+from core.store import BufferedStore, create_engine, upgrade_database
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +28,7 @@ log = logging.getLogger(__name__)
 class App:
     settings: Settings
     service: ChatService
-    store: Store | None
+    store: BufferedStore | None
     local_router: LocalRouter
     meta: MetaRouter | Ensemble | None = None
 
@@ -34,14 +39,34 @@ class App:
             await self.store.close()
 
 
-async def build_app(settings: Settings, *, use_cache: bool = True, database: bool = True) -> App:
+async def build_app(
+    settings: Settings, *, use_cache: bool = True, database: bool = True, outage_ok: bool = False
+) -> App:
     """Wire every core part from the settings. `use_cache=False` for one-shot CLI commands, whose
-    decisions must not depend on what an earlier line of the same batch asked."""
-    store: Store | None = None
+    decisions must not depend on what an earlier line of the same batch asked. `outage_ok` (serve)
+    starts even when the database is down: writes are buffered and the schema upgraded once it is up."""
+    store: BufferedStore | None = None
     if database:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        await upgrade_database(settings.db_url)
-        store = Store(create_engine(settings.db_url), store_question_text=settings.store_question_text)
+        url = settings.db_url
+        prepare = None
+        try:
+            await upgrade_database(url)
+        except StoreUnavailable:
+            if not outage_ok:
+                raise
+            log.warning("the database is unavailable; serving anyway and buffering what it should record")
+            prepare = functools.partial(upgrade_database, url)
+        store = BufferedStore(
+            create_engine(url),
+            spool_dir=settings.data_dir,
+            store_question_text=settings.store_question_text,
+            replica_id=replica_id(),
+            max_ops=settings.db_buffer_max_ops,
+            write_timeout_s=settings.db_write_timeout_s,
+            prepare=prepare,
+        )
+        await store.start()
 
     inventory = InventoryService(
         settings, settings.hosts, store.model_stats if store is not None else None, load_catalog()
@@ -53,3 +78,8 @@ async def build_app(settings: Settings, *, use_cache: bool = True, database: boo
     generator = Generator(settings, inventory, store_events=store.record_model_event if store else None)
     service = ChatService(settings, inventory=inventory, chain=chain, generator=generator, store=store)
     return App(settings=settings, service=service, store=store, local_router=local, meta=meta)
+
+
+def replica_id() -> str:
+    """This process among the replicas sharing the database: unique per start, readable in logs."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"

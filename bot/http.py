@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -16,6 +17,8 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # a dependency check: names ("database", "ollama http://...", "slack") -> up?
 HealthCheck = Callable[[], Awaitable[dict[str, bool]]]
+# more for the /healthz body (the database write buffer), read without waiting on anything
+HealthInfo = Callable[[], dict[str, Any]]
 CHECK_TIMEOUT_S = 5.0
 
 
@@ -47,7 +50,7 @@ class HttpServer:
             await self._runner.cleanup()
             self._runner = None
 
-    def ops(self, checks: list[HealthCheck], metrics: Metrics) -> None:
+    def ops(self, checks: list[HealthCheck], metrics: Metrics, info: HealthInfo | None = None) -> None:
         """/healthz and /metrics. /healthz is 200 whenever the process serves (the contract): a down
         dependency makes it "degraded" and is named, it does not make the process unhealthy."""
 
@@ -60,6 +63,8 @@ class HttpServer:
                 "down": down,
                 "checks": {n: "up" if up else "down" for n, up in sorted(state.items())},
             }
+            if info is not None:
+                body |= info()
             return web.json_response(body)
 
         async def metrics_(_: web.Request) -> web.StreamResponse:

@@ -6,14 +6,16 @@ import asyncio
 import contextlib
 import logging
 import signal
-from typing import Protocol
+from typing import Any, Protocol
 
 from bot.app import App, build_app
 from bot.console import Console
-from bot.http import HealthCheck, HttpServer
+from bot.http import HealthCheck, HealthInfo, HttpServer
 from core.config import Settings
 from core.metrics import Metrics
+from core.recovery import Notify, Recovery
 from core.scheduling import JobCounters, Scheduler, build_jobs
+from core.store import UnfinishedAnswer
 
 log = logging.getLogger(__name__)
 
@@ -42,35 +44,34 @@ def platform_adapters(settings: Settings, app: App, http: HttpServer) -> list[Ad
 
 
 async def serve(settings: Settings) -> int:
-    app = await build_app(settings)
+    app = await build_app(settings, outage_ok=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
 
-    if app.store is not None:
-        # Answers a previous run left streaming will never finish: say so rather than leave them open.
-        # (With several replicas this needs the owner's liveness too: the reliability issue.)
-        left = await app.store.unfinished_answers()
-        if left:
-            await app.store.mark_incomplete(a.answer_id for a in left)
-            log.warning("%d answers interrupted by the last shutdown were marked incomplete", len(left))
-
     http = HttpServer(settings)
     adapters = platform_adapters(settings, app, http)
     counters = JobCounters()
-    http.ops(health_checks(app, adapters), Metrics(app.store, counters))
+    http.ops(health_checks(app, adapters), Metrics(app.store, counters), info=buffer_info(app))
     sinks = {
         type(a).__name__.removesuffix("Adapter").lower(): a for a in adapters if hasattr(a, "post_report")
     }
     scheduler: Scheduler | None = None
+    recovery: Recovery | None = None
     started: list[Adapter] = []
     try:
         await _start_http(http, slack_http=bool(settings.slack_bot_token and not settings.slack_app_token))
         for adapter in adapters:
             await adapter.start()
             started.append(adapter)
+        if app.store is not None:
+            # after the adapters: answers a stopped process left are edited on their platform
+            recovery = Recovery(
+                app.store, heartbeat_s=settings.replica_heartbeat_s, notify=_notifier(started)
+            )
+            await recovery.start()
         if settings.scheduler_enabled:
             svc = app.service
             jobs = build_jobs(
@@ -99,9 +100,49 @@ async def serve(settings: Settings) -> int:
         if scheduler is not None:
             closing.append(scheduler.close(grace_s=DRAIN_S))
         await asyncio.gather(*closing, return_exceptions=True)
+        if recovery is not None:
+            await recovery.close()
         await http.close()
         await app.close()
     return 0
+
+
+def buffer_info(app: App) -> HealthInfo | None:
+    """/healthz shows how many database writes wait for the database (an outage loses none)."""
+    store = app.store
+    if store is None:
+        return None
+
+    def info() -> dict[str, Any]:
+        b = store.buffer_state()
+        oldest = b.oldest.isoformat() if b.oldest else None
+        return {
+            "database_buffer": {
+                "pending": b.pending,
+                "dropped": b.dropped,
+                "failed": b.failed,
+                "oldest": oldest,
+            }
+        }
+
+    return info
+
+
+def _notifier(adapters: list[Adapter]) -> Notify:
+    """Hands each platform's interrupted answers to its adapter, which marks them in the chat."""
+    by_platform = {
+        type(a).__name__.removesuffix("Adapter").lower(): a
+        for a in adapters
+        if hasattr(a, "mark_interrupted")
+    }
+
+    async def notify(answers: list[UnfinishedAnswer]) -> None:
+        for platform, adapter in by_platform.items():
+            mine = [a for a in answers if a.messages and a.messages[0].platform == platform]
+            if mine:
+                await adapter.mark_interrupted(mine)  # type: ignore[attr-defined]
+
+    return notify
 
 
 async def _start_http(http: HttpServer, *, slack_http: bool) -> None:

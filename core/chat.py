@@ -9,7 +9,7 @@ job, because the limits are the platform's.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from core.types import Decision, Turn
 
@@ -67,6 +67,15 @@ class Reply(Protocol):
 
     async def finish(self, answer: FinalAnswer) -> list[str]:
         """Show the complete answer; returns the platform ids of every message it occupies."""
+
+
+@runtime_checkable
+class TracksMessages(Protocol):
+    """A `Reply` that can say which platform messages it has posted so far (the placeholder first).
+    The core records them while the answer streams, so a restart can find an answer it cut off."""
+
+    @property
+    def message_ids(self) -> list[str]: ...
 
 
 class ReportSink(Protocol):

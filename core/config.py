@@ -196,6 +196,12 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, validation_alias=_env("database_url", "DATABASE_URL"))
     data_dir: Path = Field(default_factory=default_data_dir)
     store_question_text: bool = True
+    # through a database outage (issue 6): writes queued at most (then dropped, counted), the time a
+    # write may take before it is queued instead, and how often a serve process says it is alive
+    # (its unfinished answers are taken over by others after 3 missed heartbeats)
+    db_buffer_max_ops: int = Field(10_000, ge=100)
+    db_write_timeout_s: float = Field(5.0, gt=0, le=60)
+    replica_heartbeat_s: float = Field(10.0, gt=0, le=300)
 
     # --- abuse limits (issue 6) -------------------------------------------------------------------
     user_rate_per_minute: float = Field(6.0, ge=0)  # questions a person may ask per minute; 0: no limit

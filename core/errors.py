@@ -1,16 +1,16 @@
 """The error tree. Every error carries the text a user may see; none carries a traceback or a secret.
 
-    MetaRouterError            base; `.user_message` is safe to show in a chat
-    ├── ConfigError            bad settings: start-up stops with exit 2
-    ├── RoutingError           no decision could be made at all (the inventory is empty)
-    ├── MetaRouterFailure      the meta-router call failed; `.reason` is a contract fallback_reason.
-    │                          Never reaches the user: the chain falls back to the local router.
-    ├── GenerationError        no model could answer
-    │   ├── OllamaUnavailable  no Ollama host answered
-    │   ├── ModelUnavailable   the model is not local and may not or could not be pulled
-    │   │   └── DiskBudgetExceeded
-    │   └── StreamFailed       the stream broke or went idle after it started
-    └── StoreUnavailable       the database could not be reached
+MetaRouterError            base; `.user_message` is safe to show in a chat
+├── ConfigError            bad settings: start-up stops with exit 2
+├── RoutingError           no decision could be made at all (the inventory is empty)
+├── MetaRouterFailure      the meta-router call failed; `.reason` is a contract fallback_reason.
+│                          Never reaches the user: the chain falls back to the local router.
+├── GenerationError        no model could answer
+│   ├── OllamaUnavailable  no Ollama host answered
+│   ├── ModelUnavailable   the model is not local and may not or could not be pulled
+│   │   └── DiskBudgetExceeded
+│   └── StreamFailed       the stream broke or went idle after it started
+└── StoreUnavailable       the database could not be reached
 """
 
 from __future__ import annotations

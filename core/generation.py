@@ -2,8 +2,10 @@
 
 `Generator.stream()` walks the decision's candidates (the recommended model, then the alternatives)
 and yields `GenEvent`s. A candidate that fails before its first token hands over to the next one
-(`Fallback`); a failure after tokens were shown raises `StreamFailed`, and the caller keeps the
-partial answer. Every failure leaves as a `GenerationError`, never as a raw library exception.
+(`Fallback`). A stream that breaks after tokens were shown is answered again from the start: the
+same model on another host that has it, else the next candidate (`Retrying`, then a new `Started`);
+only when none can take over does `StreamFailed` end it, and the caller keeps the partial answer.
+Every failure leaves as a `GenerationError`, never as a raw library exception.
 
 Timeouts are idle timeouts: a model that streams slowly but steadily never times out; a stream or a
 pull that sends nothing for `stream_idle_timeout_s` / `pull_idle_timeout_s` does.
@@ -94,7 +96,21 @@ class Fallback:
     reason: str
 
 
-GenEvent = Queued | Pulling | Started | Token | Done | Fallback
+@dataclass(frozen=True)
+class Retrying:
+    """The stream of `model` on `host` broke after it had started; the tokens so far are all there
+    will be of it. The answer starts again (a new `Started`) elsewhere, if anywhere can take it."""
+
+    model: str
+    host: str
+    reason: str
+
+
+GenEvent = Queued | Pulling | Started | Token | Done | Fallback | Retrying
+
+# Answers started again after a stream broke, at most: a fault that follows the question from host to
+# host must not keep the user waiting forever.
+MAX_TAKEOVERS = 2
 
 
 # --- prompt assembly ------------------------------------------------------------------------------
@@ -197,6 +213,16 @@ class _HostQueue:
             w.poke()
 
 
+class _Broken(Exception):
+    """A stream that broke after its first token, on `host`."""
+
+    def __init__(self, host: str, reason: str, error: StreamFailed) -> None:
+        super().__init__(reason)
+        self.host = host
+        self.reason = reason
+        self.error = error
+
+
 class _Candidate(Exception):
     """A candidate failed before any token: the next one may answer. `kind` decides the final error."""
 
@@ -282,21 +308,43 @@ class Generator:
         names = [decision.recommended_model, *decision.alternatives]
         candidates = list(dict.fromkeys(normalise_model_name(n) for n in names if n.strip()))
         failures: list[tuple[str, _Candidate]] = []
+        broken: list[tuple[str, _Broken]] = []
         for name in candidates:
             if failures:
                 prev, why = failures[-1]
                 yield Fallback(from_model=prev, to_model=name, reason=why.reason)
-            try:
-                async with aclosing(self._attempt(name, inv, decision, messages, system)) as events:
-                    async for event in events:
-                        yield event
-                return
-            except _Candidate as exc:
-                log.info("candidate %s failed: %s", name, exc.reason)
-                failures.append((name, exc))
-                if exc.kind in ("down", "missing"):
+            while True:  # again on another host after a broken stream, while one has the model
+                try:
+                    # a host down shows in the refreshed inventory; one where this model broke is skipped
+                    avoid = {b.host for n, b in broken if n == name}
+                    async with aclosing(
+                        self._attempt(name, inv, decision, messages, system, avoid)
+                    ) as events:
+                        async for event in events:
+                            yield event
+                    return
+                except _Broken as exc:
+                    log.warning("%s", exc.error)
+                    broken.append((name, exc))
+                    if len(broken) > MAX_TAKEOVERS:
+                        raise exc.error from None
+                    yield Retrying(model=name, host=exc.host, reason=exc.reason)
                     self.inventory.invalidate()
                     inv = await self.inventory.snapshot()
+                except _Candidate as exc:
+                    log.info("candidate %s failed: %s", name, exc.reason)
+                    failures.append((name, exc))
+                    if exc.kind in ("down", "missing"):
+                        self.inventory.invalidate()
+                        inv = await self.inventory.snapshot()
+                    break
+        if broken:
+            last = broken[-1][1]
+            msg = (
+                f"{last.error} No other Ollama server or model could take the answer over. "
+                "Mention me again to retry."
+            )
+            raise StreamFailed(msg, user_message=f"{StreamFailed.user_message} {msg}")
         raise self._final_error(failures, inv)
 
     def _unavailable(self, hosts: Sequence[str]) -> OllamaUnavailable:
@@ -320,19 +368,27 @@ class Generator:
         return ModelUnavailable(msg, user_message=msg)
 
     async def _attempt(
-        self, name: str, inv: Inventory, decision: Decision, turns: list[Turn], system: str | None
+        self,
+        name: str,
+        inv: Inventory,
+        decision: Decision,
+        turns: list[Turn],
+        system: str | None,
+        avoid: set[str] | frozenset[str] = frozenset(),
     ) -> AsyncIterator[GenEvent]:
+        """One candidate, on the best up host that has it (or pulls it), never on a host in `avoid`."""
         info = inv.get(name)
-        up = [h for h in (info.hosts if info else ()) if h not in inv.hosts_down]
+        up = [h for h in (info.hosts if info else ()) if h not in inv.hosts_down and h not in avoid]
         if up:
             assert info is not None
             host = min(up, key=lambda h: (h not in info.loaded_on, len(self._queue(h))))
         elif info is None:
             raise _Candidate("unavailable", "not a model the inventory knows")
         elif not (self.settings.auto_pull and decision.download_if_needed):
-            raise _Candidate("unavailable", "not pulled on any Ollama server, and downloading is off")
+            why = "its Ollama servers failed" if info.hosts else "not pulled on any Ollama server"
+            raise _Candidate("unavailable", f"{why}, and downloading is off")
         else:
-            host = self._pull_host(inv, info)
+            host = self._pull_host(inv, info, avoid=avoid)
             async with aclosing(self._pull_stream(name, host)) as progress:
                 async for p in progress:
                     yield p
@@ -341,11 +397,17 @@ class Generator:
             async for event in events:
                 yield event
 
-    def _pull_host(self, inv: Inventory, info: ModelInfo, host: str | None = None) -> str:
+    def _pull_host(
+        self,
+        inv: Inventory,
+        info: ModelInfo,
+        host: str | None = None,
+        avoid: set[str] | frozenset[str] = frozenset(),
+    ) -> str:
         """The up host with the most disk budget left that can take the model (then the shortest queue)."""
         size = info.size_gb or 0.0
         budget = self.settings.disk_budget_gb
-        hosts = [host] if host else [h for h in inv.hosts if h not in inv.hosts_down]
+        hosts = [host] if host else [h for h in inv.hosts if h not in inv.hosts_down and h not in avoid]
         if not hosts:
             raise _Candidate("down", "no Ollama server is reachable")
         used = {h: sum(m.size_gb or 0.0 for m in inv.models if h in m.hosts) for h in hosts}
@@ -442,9 +504,8 @@ class Generator:
         except (TimeoutError, *_CLIENT_ERRORS) as exc:
             reason = f"no output for {idle:g} s" if isinstance(exc, TimeoutError) else _describe(exc)
             if count:
-                msg = f"{name} on {host} stopped after {count} chunks: {reason}"
-                log.warning("%s", msg)
-                raise StreamFailed(msg) from None
+                msg = f"{name} on {host} stopped after {count} chunks: {reason}."
+                raise _Broken(host, reason, StreamFailed(msg)) from None
             status = getattr(exc, "status_code", None)
             kind = "down" if _is_down(exc) else "missing" if status == 404 else "error"
             raise _Candidate(kind, reason) from None

@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from core.scheduling import JobCounters
-from core.store import Store, UsageTotals
+from core.store import BufferedStore, Store, UsageTotals
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,18 @@ class _Collector(Collector):
     def collect(self) -> Iterator[Metric]:
         m = self.m
         yield GaugeMetricFamily("metarouter_database_up", "1 when the database answered", value=int(m._db_up))
+        if isinstance(m.store, BufferedStore):
+            b = m.store.buffer_state()
+            yield GaugeMetricFamily(
+                "metarouter_database_buffered",
+                "Writes waiting for the database (this process)",
+                value=b.pending,
+            )
+            yield CounterMetricFamily(
+                "metarouter_database_buffer_dropped",
+                "Writes lost because the buffer was full (this process)",
+                value=b.dropped,
+            )
         runs = CounterMetricFamily(
             "metarouter_job_runs", "Scheduled job runs in this process", labels=["job", "status"]
         )

@@ -164,7 +164,9 @@ _RULES: list[tuple[str, re.Pattern[str], _Sub]] = [
     (
         "email",
         # the lookbehind starts a match only where a local part starts: linear, not quadratic, on long runs
-        re.compile(r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"),
+        re.compile(
+            r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"
+        ),
         _fixed("[EMAIL]"),
     ),
     (

@@ -1,7 +1,8 @@
 """ChatService: the one entry point adapters call.
 
-route → generate → store, with the user kept informed at every step. Storage is best effort here:
-a database hiccup costs a record, never an answer (issue 6 adds buffering so nothing is lost).
+route → generate → store, with the user kept informed at every step. A database outage costs no
+answer and no record: the store buffers writes until the database is back (core/store/outbox.py);
+what can still fail here (a read, a bug) is logged and the answer goes on.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import re
 from collections.abc import AsyncIterator, Awaitable
 from typing import TypeVar
 
-from core.chat import AnswerStats, FinalAnswer, IncomingMessage, Reply
+from core.chat import AnswerStats, FinalAnswer, IncomingMessage, Reply, TracksMessages
 from core.config import Settings
 from core.errors import GenerationError, MetaRouterError, StreamFailed
-from core.generation import Done, Fallback, Generator, Pulling, Queued, Started, Token
+from core.generation import Done, Fallback, Generator, Pulling, Queued, Retrying, Started, Token
 from core.inventory import InventoryService
 from core.privacy import local_only_for
 from core.ratelimit import MemoryRateLimiter, RateLimiter
@@ -171,10 +172,15 @@ class ChatService:
     ) -> FinalAnswer:
         turns = [*msg.history, Turn(role="user", content=msg.text, author=msg.author_name)]
         text = ""
+        above = ""  # what the user sees above this attempt: answers that broke off, each with a note
+        broke: Retrying | None = None
         notes = list(notes or [])
         answer_id: int | None = None
         stats: AnswerStats | None = None
         error: str | None = None
+        # messages of this answer recorded so far, when the reply can tell
+        tracked = reply if isinstance(reply, TracksMessages) else None
+        recorded: set[str] = set()
         try:
             async for event in self.generator.stream(decision, turns):
                 match event:
@@ -187,13 +193,31 @@ class ChatService:
                         notes.append(f"{a} was unavailable ({why}); answered by {b}.")
                         await reply.status(f"{a} unavailable, trying {b}…")
                     case Started(model=model, host=host, trimmed=trimmed):
-                        if trimmed:
+                        if trimmed and TRIMMED_NOTE not in notes:
                             notes.append(TRIMMED_NOTE)
+                        if broke is not None:
+                            above += (
+                                text
+                                + f"\n\n_({broke.host} stopped mid-answer; answering again on {host}…)_\n\n"
+                            )
+                            notes.append(
+                                f"{broke.host} failed mid-answer ({broke.reason}); answered again on {host}"
+                                + (f" by {model}." if model != broke.model else ".")
+                            )
+                            text, broke = "", None
                         if request_id is not None:
                             answer_id = await self._safe(self.store.start_answer(request_id, model, host))
+                        await self._record_messages(answer_id, msg, tracked, recorded)
                     case Token(text=piece):
                         text += piece
-                        await reply.stream(text)
+                        await reply.stream(above + text)
+                        await self._record_messages(answer_id, msg, tracked, recorded)
+                    case Retrying():
+                        # the broken-off answer stays, recorded as incomplete; the next one goes below it
+                        broke = event
+                        await reply.status(f"{event.host} stopped mid-answer; answering again…")
+                        await self._finish_record(answer_id, "incomplete", event.reason, None, text, notes)
+                        answer_id, recorded = None, set()
                     case Done():
                         stats = AnswerStats(
                             model=event.model,
@@ -209,6 +233,7 @@ class ChatService:
             log.exception("generation failed")
             error = GenerationError.user_message
 
+        text = above + text if text else above.rstrip()  # answers that broke off stay in view
         incomplete = error is not None and bool(text)
         answer = FinalAnswer(
             text=text,
@@ -222,22 +247,52 @@ class ChatService:
         message_ids = await reply.finish(answer)
         if answer_id is not None and self.store is not None:
             status = "ok" if error is None else ("incomplete" if text else "error")
-            await self._safe(
-                self.store.finish_answer(
-                    answer_id,
-                    status=status,
-                    error=error,
-                    prompt_tokens=stats.prompt_tokens if stats else 0,
-                    completion_tokens=stats.completion_tokens if stats else 0,
-                    total_ms=stats.total_ms if stats else 0.0,
-                    chars=len(text),
-                    trimmed=TRIMMED_NOTE in notes,
-                )
-            )
+            await self._finish_record(answer_id, status, error, stats, text[len(above) :], notes)
             for mid in message_ids:
                 await self._safe(self.store.add_answer_message(answer_id, msg.platform, msg.channel_id, mid))
             self.inventory.invalidate()  # requests / last used changed
         return answer
+
+    async def _finish_record(
+        self,
+        answer_id: int | None,
+        status: str,
+        error: str | None,
+        stats: AnswerStats | None,
+        text: str,
+        notes: list[str],
+    ) -> None:
+        if answer_id is None or self.store is None:
+            return
+        await self._safe(
+            self.store.finish_answer(
+                answer_id,
+                status=status,
+                error=error,
+                prompt_tokens=stats.prompt_tokens if stats else 0,
+                completion_tokens=stats.completion_tokens if stats else 0,
+                total_ms=stats.total_ms if stats else 0.0,
+                chars=len(text),
+                trimmed=TRIMMED_NOTE in notes,
+            )
+        )
+
+    async def _record_messages(
+        self, answer_id: int | None, msg: IncomingMessage, reply: TracksMessages | None, recorded: set[str]
+    ) -> None:
+        """Records each message of an answer as soon as it is posted: if this process stops mid-answer,
+        the next start finds them and marks them interrupted (core/recovery.py)."""
+        if (
+            answer_id is None
+            or self.store is None
+            or reply is None
+            or len(recorded) == len(reply.message_ids)
+        ):
+            return
+        for mid in reply.message_ids:
+            if mid not in recorded:
+                recorded.add(mid)
+                await self._safe(self.store.add_answer_message(answer_id, msg.platform, msg.channel_id, mid))
 
     async def rate(
         self, *, platform: str, channel_id: str, message_id: str, user_id: str, reaction: str, added: bool
@@ -296,6 +351,7 @@ class ChatService:
                 query=msg.text,
                 decision=decision,
                 conversation_id=conv,
+                message_id=msg.message_id,
             )
         )
 

@@ -33,6 +33,7 @@ from bot.discord.views import PERSISTENT_ITEMS
 from core.config import Settings
 from core.errors import ConfigError
 from core.service import ChatService
+from core.store import UnfinishedAnswer
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +174,20 @@ class DiscordAdapter:
                 await tree.sync()
         except discord.HTTPException:
             log.warning("could not sync the slash commands; the previous ones stay", exc_info=True)
+
+    async def mark_interrupted(self, answers: list[UnfinishedAnswer]) -> None:
+        """Answers a stopped process left half-written: the last message of each keeps its text and
+        ends with a note asking to mention the bot again (serve calls this at start-up, core.recovery)."""
+        for a in answers:
+            last = a.messages[-1]
+            try:
+                channel = self.client.get_partial_messageable(int(last.channel_id))
+                message = await channel.fetch_message(int(last.message_id))
+                note = render.RESTART_NOTE
+                body = message.content[: render.MESSAGE_LIMIT - len(note) - 2]
+                await message.edit(content=f"{body}\n\n{note}", allowed_mentions=render.NO_MENTIONS)
+            except Exception:
+                log.warning("could not mark an interrupted answer in %s", last.channel_id, exc_info=True)
 
     async def wait_ready(self, within_s: float = 10.0) -> None:
         await asyncio.wait_for(self.client.wait_until_ready(), within_s)

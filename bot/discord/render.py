@@ -23,6 +23,10 @@ RELAY_FOOTER = "asked with /route"
 # Model output is untrusted: it may ping the person asking (the reply), never anyone else or a role.
 ANSWER_MENTIONS = discord.AllowedMentions(everyone=False, users=False, roles=False, replied_user=True)
 NO_MENTIONS = discord.AllowedMentions.none()
+RESTART_NOTE = (
+    "⚠️ *Interrupted by a restart: the bot stopped before this answer was finished. "
+    "Mention me again for a full answer.*"
+)
 
 
 def status_text(text: str) -> str:

@@ -104,6 +104,11 @@ class DiscordReply:
         self.finished = False
         self.text = ""  # the answer so far
 
+    @property
+    def message_ids(self) -> list[str]:
+        """Every message posted for this answer so far (core.chat.TracksMessages)."""
+        return list(self.sink.message_ids)
+
     async def status(self, text: str) -> None:
         await self.sink.status(render.status_text(text))
 

@@ -23,8 +23,9 @@ def _handlers() -> Any:
     return handlers
 
 
+# An answer id is negative while the database is down (a provisional id, core/store/outbox.py).
 class DetailsButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"mr:why:(?P<answer>\d+):(?P<open>[01])"
+    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"mr:why:(?P<answer>-?\d+):(?P<open>[01])"
 ):
     """Expands the routing embed under an answer, or collapses it again."""
 
@@ -54,7 +55,7 @@ class DetailsButton(
 
 
 class RerunButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"mr:again:(?P<answer>\d+):(?P<alt>\d)"
+    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"mr:again:(?P<answer>-?\d+):(?P<alt>\d)"
 ):
     """Answers the same question again with one of the decision's alternatives."""
 

@@ -38,6 +38,7 @@ from core.config import Settings
 from core.errors import ConfigError, MetaRouterError
 from core.privacy import local_only_for
 from core.service import ChatService
+from core.store import UnfinishedAnswer
 from core.types import ModelStats, RouteRequest
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,33 @@ class SlackAdapter:
             await self.client.files_upload_v2(
                 channel=channel_id, content=png, filename="metarouter-report.png", title="MetaRouter usage"
             )
+
+    async def mark_interrupted(self, answers: list[UnfinishedAnswer]) -> None:
+        """Answers a stopped process left half-written: the last message of each keeps its text and
+        ends with a note and a "Try again" button (serve calls this at start-up, core.recovery)."""
+        for a in answers:
+            last = a.messages[-1]
+            try:
+                found = await self._thread(last.channel_id, last.message_id, until=last.message_id)
+                shown = next((m for m in found if m.get("ts") == last.message_id), None)
+                if shown is None:
+                    continue  # deleted meanwhile: nothing left to correct
+                text = next(
+                    (
+                        b["text"]["text"]
+                        for b in shown.get("blocks") or []
+                        if b.get("block_id") == render.ANSWER_BLOCK
+                    ),
+                    shown.get("text") or "",
+                )
+                await self.client.chat_update(
+                    channel=last.channel_id,
+                    ts=last.message_id,
+                    text=f"{text}\n\n{render.RESTART_NOTE}",
+                    blocks=render.interrupted_blocks(text, a.model, a.question_id),
+                )
+            except Exception:
+                log.warning("could not mark an interrupted answer in %s", last.channel_id, exc_info=True)
 
     @staticmethod
     async def _check(variable: str, call: Awaitable[Any]) -> None:

@@ -38,6 +38,7 @@ NOT_ADMIN = "Only MetaRouter admins can pull or remove models."
 NOT_HERE = "MetaRouter is not enabled in this channel."
 GENERIC_ERROR = "Something went wrong while answering. Please try again."
 INTERRUPTED = "The bot restarted before this answer finished. Please ask again."
+RESTART_NOTE = ":warning: _Interrupted by a restart: the bot stopped before this answer was finished._"
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,19 @@ def decision_footer(f: Footer, *, expanded: bool) -> list[Block]:
             payload = json.dumps({"m": alt, "q": f.question_ts}, separators=(",", ":"))
             elements.append(button(f"Try {alt}", f"{RERUN}_{i}", payload))
     blocks.append({"type": "actions", "block_id": f"{FOOTER_PREFIX}_actions", "elements": elements})
+    return blocks
+
+
+def interrupted_blocks(text: str, model: str, question_ts: str | None) -> list[Block]:
+    """A message of an answer a restart cut off: what it showed, the note, and a retry where possible."""
+    hint = (
+        " Press *Try again*, or mention me again." if question_ts else " Mention me again for a full answer."
+    )
+    blocks = [section(text, ANSWER_BLOCK), context(RESTART_NOTE + hint, f"{FOOTER_PREFIX}_interrupted")]
+    if question_ts:
+        payload = json.dumps({"m": model, "q": question_ts}, separators=(",", ":"))
+        again = button(f"Try again ({model})", f"{RERUN}_0", payload, style="primary")
+        blocks.append({"type": "actions", "block_id": f"{FOOTER_PREFIX}_actions", "elements": [again]})
     return blocks
 
 

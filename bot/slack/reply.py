@@ -102,6 +102,11 @@ class SlackReply:
         self.finished = False
 
     @property
+    def message_ids(self) -> list[str]:
+        """Every message posted for this answer so far (core.chat.TracksMessages)."""
+        return list(self.sink.message_ids)
+
+    @property
     def started(self) -> bool:
         return bool(self.sink.message_ids)
 

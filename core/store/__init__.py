@@ -3,9 +3,11 @@
 engine = create_engine(settings.db_url)
 await upgrade_database(settings.db_url)
 store = Store(engine, store_question_text=settings.store_question_text)
+(or BufferedStore, which queues writes through a database outage: core/store/outbox.py)
 """
 
 from core.store.engine import alembic_config, async_url, create_engine, session_factory, upgrade_database
+from core.store.outbox import BufferedStore, BufferState
 from core.store.repository import (
     MessageRef,
     ModelEventRecord,
@@ -17,6 +19,8 @@ from core.store.repository import (
 )
 
 __all__ = [
+    "BufferState",
+    "BufferedStore",
     "MessageRef",
     "ModelEventRecord",
     "RequestRecord",

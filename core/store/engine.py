@@ -48,6 +48,9 @@ def create_engine(url: str, *, immediate_transactions: bool = False, **kwargs: A
     path = _sqlite_file(u)
     if path is not None:
         path.expanduser().parent.mkdir(parents=True, exist_ok=True)
+    if u.get_backend_name() == "postgresql":
+        # a connection the server (or the network) dropped is replaced at checkout, not handed out
+        kwargs.setdefault("pool_pre_ping", True)
     engine = create_async_engine(u, **kwargs)
     if u.get_backend_name() == "sqlite":
 

@@ -90,6 +90,7 @@ class Request(Base):
     user_id: Mapped[str | None] = mapped_column(String)
     query_text: Mapped[str | None] = mapped_column(Text)  # None when store_question_text is off
     query_hash: Mapped[str] = mapped_column(String(64))
+    message_id: Mapped[str | None] = mapped_column(String)  # the platform message that asked
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     decision: Mapped[dict[str, Any]] = mapped_column()
     recommended_model: Mapped[str] = mapped_column(String)
@@ -110,6 +111,8 @@ class Answer(Base):
     model: Mapped[str] = mapped_column(String, index=True)
     host: Mapped[str] = mapped_column(String)
     status: Mapped[str] = mapped_column(String)  # streaming | ok | error | incomplete
+    # the process streaming it (Replica.id): while that one is alive, no other may call it abandoned
+    replica: Mapped[str | None] = mapped_column(String)
     error: Mapped[str | None] = mapped_column(Text)
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
@@ -196,3 +199,14 @@ class JobRun(Base):
     finished_at: Mapped[datetime | None] = mapped_column()
     status: Mapped[str] = mapped_column(String)  # running | ok | error | missed
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class Replica(Base):
+    """A running serve process. Its heartbeat keeps its streaming answers its own; a replica whose
+    heartbeat stopped (or that retired) leaves its unfinished answers to whoever sweeps first."""
+
+    __tablename__ = "replicas"
+
+    id: Mapped[str] = mapped_column(String, primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)

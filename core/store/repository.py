@@ -13,12 +13,12 @@ import hashlib
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import case, delete, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from core.config import Settings
@@ -32,6 +32,7 @@ from core.store.models import (
     Feedback,
     JobRun,
     ModelEvent,
+    Replica,
     Request,
     RouterCall,
     utcnow,
@@ -68,6 +69,8 @@ class UnfinishedAnswer:
     host: str
     started_at: datetime
     messages: tuple[MessageRef, ...]
+    question_id: str | None = None  # the platform message that asked, for a retry button
+    replica: str | None = None  # the process that was writing it
 
 
 @dataclass(frozen=True)
@@ -113,9 +116,13 @@ class UsageTotals:
 
 
 class Store:
-    def __init__(self, engine: AsyncEngine, *, store_question_text: bool = True) -> None:
+    def __init__(
+        self, engine: AsyncEngine, *, store_question_text: bool = True, replica_id: str | None = None
+    ) -> None:
         self.engine = engine
         self.store_question_text = store_question_text
+        # this process, as the owner of the answers it streams (see heartbeat() and abandoned_answers())
+        self.replica_id = replica_id
         self._sessions = session_factory(engine)
         # both dialects spell ON CONFLICT the same way; only the import differs
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
@@ -139,6 +146,10 @@ class Store:
         except (OperationalError, InterfaceError, OSError) as exc:
             # the type only: driver messages can quote the URL, and the URL can hold a password
             raise StoreUnavailable(f"database unavailable ({type(exc).__name__})") from exc
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:  # a lost connection, not a refused statement
+                raise
+            raise StoreUnavailable(f"database connection lost ({type(exc).__name__})") from exc
 
     async def ping(self) -> bool:
         """True when the database answers (for /healthz)."""
@@ -152,7 +163,13 @@ class Store:
     # --- conversations and requests ---------------------------------------------------------------
 
     async def conversation(
-        self, platform: str, channel_id: str, thread_id: str | None, workspace_id: str | None = None
+        self,
+        platform: str,
+        channel_id: str,
+        thread_id: str | None,
+        workspace_id: str | None = None,
+        *,
+        at: datetime | None = None,
     ) -> int:
         """The id of the conversation, created on first sight; two callers at once get the same id."""
         thread = thread_id or ""
@@ -172,7 +189,7 @@ class Store:
                     channel_id=channel_id,
                     thread_id=thread,
                     workspace_id=workspace_id,
-                    created_at=utcnow(),
+                    created_at=at or utcnow(),
                 )
                 .on_conflict_do_nothing(index_elements=["platform", "channel_id", "thread_id"])
                 .returning(Conversation.id)
@@ -192,7 +209,12 @@ class Store:
         query: str,
         decision: Decision,
         conversation_id: int | None = None,
+        message_id: str | None = None,
+        at: datetime | None = None,
+        hashed: str | None = None,
     ) -> int:
+        """`at` is when it was asked, for a record written late (after a database outage); `hashed` is
+        the query's hash when the query itself was not kept."""
         stmt = (
             self._insert(Request)
             .values(
@@ -201,8 +223,9 @@ class Store:
                 channel_id=channel_id,
                 user_id=user_id,
                 query_text=query if self.store_question_text else None,
-                query_hash=query_hash(query),
-                created_at=utcnow(),
+                query_hash=hashed or query_hash(query),
+                message_id=message_id,
+                created_at=at or utcnow(),
                 decision=decision.with_votes(),
                 recommended_model=decision.recommended_model,
                 query_type=decision.query_type,
@@ -231,9 +254,23 @@ class Store:
 
     # --- answers --------------------------------------------------------------------------------
 
-    async def start_answer(self, request_id: int, model: str, host: str) -> int:
+    async def start_answer(
+        self,
+        request_id: int,
+        model: str,
+        host: str,
+        *,
+        at: datetime | None = None,
+        replica: str | None = None,
+    ) -> int:
+        """A new answer, streaming, owned by `replica` (by default this process)."""
         answer = Answer(
-            request_id=request_id, model=normalise_model_name(model), host=host, status="streaming"
+            request_id=request_id,
+            model=normalise_model_name(model),
+            host=host,
+            status="streaming",
+            replica=replica or self.replica_id,
+            created_at=at or utcnow(),
         )
         async with self._tx() as s:
             s.add(answer)
@@ -252,6 +289,7 @@ class Store:
         total_ms: float | None = None,
         chars: int = 0,
         trimmed: bool = False,
+        at: datetime | None = None,
     ) -> None:
         if status not in FINAL_STATUSES:
             raise ValueError(f"status must be one of {sorted(FINAL_STATUSES)}, not {status!r}")
@@ -268,18 +306,21 @@ class Store:
                     total_ms=total_ms,
                     chars=chars,
                     trimmed=trimmed,
-                    finished_at=utcnow(),
+                    finished_at=at or utcnow(),
                 )
             )
 
     async def add_answer_message(
         self, answer_id: int, platform: str, channel_id: str, message_id: str
     ) -> None:
-        """Map one platform message of an answer back to it; adding the same message again is a no-op."""
-        stmt = (
-            self._insert(AnswerMessage)
-            .values(answer_id=answer_id, platform=platform, channel_id=channel_id, message_id=message_id)
-            .on_conflict_do_nothing(index_elements=["platform", "channel_id", "message_id"])
+        """Map one platform message of an answer back to it. A message shows one answer at a time: when
+        an answer is generated again in the same messages (another host took over), they rate the new one."""
+        stmt = self._insert(AnswerMessage).values(
+            answer_id=answer_id, platform=platform, channel_id=channel_id, message_id=message_id
+        )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["platform", "channel_id", "message_id"],
+            set_={"answer_id": stmt.excluded.answer_id},
         )
         async with self._tx() as s:
             await s.execute(stmt)
@@ -305,15 +346,33 @@ class Store:
             )
         return Decision.model_validate(stored) if stored is not None else None
 
-    async def unfinished_answers(self) -> list[UnfinishedAnswer]:
+    async def unfinished_answers(self, *, abandoned_after_s: float | None = None) -> list[UnfinishedAnswer]:
+        """Answers still marked streaming. With `abandoned_after_s`, only those no live process is
+        writing: their replica is not this one and has not sent a heartbeat for that long (or never)."""
+        query = (
+            select(
+                Answer.id,
+                Answer.request_id,
+                Answer.model,
+                Answer.host,
+                Answer.created_at,
+                Request.message_id,
+                Answer.replica,
+            )
+            .join(Request, Request.id == Answer.request_id)
+            .where(Answer.status == "streaming")
+            .order_by(Answer.id)
+        )
+        if abandoned_after_s is not None:
+            alive = select(Replica.id).where(
+                Replica.heartbeat_at >= utcnow() - timedelta(seconds=abandoned_after_s)
+            )
+            owner_gone = Answer.replica.is_(None) | Answer.replica.not_in(alive)
+            if self.replica_id is not None:
+                owner_gone = owner_gone & (Answer.replica.is_(None) | (Answer.replica != self.replica_id))
+            query = query.where(owner_gone)
         async with self._tx() as s:
-            answers = (
-                await s.execute(
-                    select(Answer.id, Answer.request_id, Answer.model, Answer.host, Answer.created_at)
-                    .where(Answer.status == "streaming")
-                    .order_by(Answer.id)
-                )
-            ).all()
+            answers = (await s.execute(query)).all()
             if not answers:
                 return []
             rows = (
@@ -332,30 +391,64 @@ class Store:
         for answer_id, platform, channel_id, message_id in rows:
             messages.setdefault(answer_id, []).append(MessageRef(platform, channel_id, message_id))
         return [
-            UnfinishedAnswer(a.id, a.request_id, a.model, a.host, a.created_at, tuple(messages.get(a.id, ())))
+            UnfinishedAnswer(
+                a.id,
+                a.request_id,
+                a.model,
+                a.host,
+                a.created_at,
+                tuple(messages.get(a.id, ())),
+                question_id=a.message_id,
+                replica=a.replica,
+            )
             for a in answers
         ]
 
     async def mark_incomplete(self, answer_ids: Iterable[int]) -> int:
         """Close answers that stopped streaming; returns how many were still open."""
+        return len(await self.close_streaming(answer_ids))
+
+    async def close_streaming(self, answer_ids: Iterable[int]) -> set[int]:
+        """Mark answers incomplete that are still streaming; returns those this call closed. Two
+        replicas sweeping at once close each answer once, so only one of them tells the user."""
         ids = list(answer_ids)
         if not ids:
-            return 0
+            return set()
         async with self._tx() as s:
-            result = await s.execute(
+            closed = await s.execute(
                 update(Answer)
                 .where(Answer.id.in_(ids), Answer.status == "streaming")
                 .values(status="incomplete", finished_at=utcnow())
+                .returning(Answer.id)
             )
-            return int(result.rowcount)  # type: ignore[attr-defined]
+            return set(closed.scalars())
+
+    async def heartbeat(self) -> None:
+        """This replica is alive: its streaming answers are its own, not abandoned."""
+        if self.replica_id is None:
+            return
+        now = utcnow()
+        stmt = self._insert(Replica).values(id=self.replica_id, started_at=now, heartbeat_at=now)
+        stmt = stmt.on_conflict_do_update(index_elements=["id"], set_={"heartbeat_at": now})
+        async with self._tx() as s:
+            await s.execute(stmt)
+
+    async def retire(self) -> None:
+        """This replica stops (cleanly): another may at once take over whatever it leaves open."""
+        if self.replica_id is None:
+            return
+        async with self._tx() as s:
+            await s.execute(delete(Replica).where(Replica.id == self.replica_id))
 
     # --- feedback -------------------------------------------------------------------------------
 
-    async def set_feedback(self, answer_id: int, user_id: str, rating: int, reaction: str) -> None:
+    async def set_feedback(
+        self, answer_id: int, user_id: str, rating: int, reaction: str, *, at: datetime | None = None
+    ) -> None:
         """Record one person's rating of an answer, replacing any rating they gave it before."""
         if rating not in (-1, 1):
             raise ValueError(f"rating must be 1 or -1, not {rating!r}")
-        now = utcnow()
+        now = at or utcnow()
         stmt = self._insert(Feedback).values(
             answer_id=answer_id,
             user_id=user_id,
@@ -422,12 +515,22 @@ class Store:
     # --- meta-router calls and model events -----------------------------------------------------
 
     async def record_router_call(
-        self, router_model: str, outcome: str, cost_usd: float, latency_ms: float
+        self,
+        router_model: str,
+        outcome: str,
+        cost_usd: float,
+        latency_ms: float,
+        *,
+        at: datetime | None = None,
     ) -> None:
         async with self._tx() as s:
             s.add(
                 RouterCall(
-                    router_model=router_model, outcome=outcome, cost_usd=cost_usd, latency_ms=latency_ms
+                    router_model=router_model,
+                    outcome=outcome,
+                    cost_usd=cost_usd,
+                    latency_ms=latency_ms,
+                    created_at=at or utcnow(),
                 )
             )
 
@@ -443,12 +546,26 @@ class Store:
             return float(spent or 0.0)
 
     async def record_model_event(
-        self, model: str, host: str, kind: str, detail: dict[str, Any] | None = None
+        self,
+        model: str,
+        host: str,
+        kind: str,
+        detail: dict[str, Any] | None = None,
+        *,
+        at: datetime | None = None,
     ) -> None:
         if kind not in MODEL_EVENT_KINDS:
             raise ValueError(f"kind must be one of {sorted(MODEL_EVENT_KINDS)}, not {kind!r}")
         async with self._tx() as s:
-            s.add(ModelEvent(model=normalise_model_name(model), host=host, kind=kind, detail=detail))
+            s.add(
+                ModelEvent(
+                    model=normalise_model_name(model),
+                    host=host,
+                    kind=kind,
+                    detail=detail,
+                    created_at=at or utcnow(),
+                )
+            )
 
     # --- reports, forecasts and scheduled jobs --------------------------------------------------
 

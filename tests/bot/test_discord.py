@@ -23,10 +23,11 @@ import pytest
 from bot.app import App, build_app
 from bot.discord.client import DiscordAdapter
 from bot.discord.handlers import CUT_BY_SHUTDOWN
-from bot.discord.render import RELAY_FOOTER
+from bot.discord.render import RELAY_FOOTER, RESTART_NOTE
 from core.config import Settings
 from core.errors import ConfigError
-from core.store import Store, create_engine, upgrade_database
+from core.store import MessageRef, Store, UnfinishedAnswer, create_engine, upgrade_database
+from core.store.models import utcnow
 from core.types import Decision
 from tests.doubles.discord import EPHEMERAL, DiscordDouble, buttons, message_text
 from tests.doubles.ollama import OllamaDouble
@@ -647,6 +648,26 @@ async def test_an_answer_still_running_when_the_shutdown_grace_ends_says_it_was_
     [answer] = harness.parts(question["id"])
     assert answer["content"].startswith("w0 w1")
     assert answer["content"].endswith(f"⚠️ {CUT_BY_SHUTDOWN}")
+
+
+async def test_an_answer_a_stopped_process_left_half_written_is_marked_interrupted(harness: Harness) -> None:
+    double, ollama = harness.double, harness.ollama
+    ollama.reply = "w0 w1 w2 w3 w4 w5"
+    ollama.stall_after_tokens = 2  # this answer never finishes: its process is gone
+    adapter = await harness.start()
+    question = await harness.ask("a question", person=double.person("Alice"))
+    await double.wait_for(lambda: any("w1" in e.body.get("content", "") for e in double.calls("PATCH", "")))
+    [part] = harness.parts(question["id"])
+    left = UnfinishedAnswer(
+        1, 1, MODEL, ollama.url, utcnow(), (MessageRef("discord", part["channel_id"], part["id"]),)
+    )
+
+    await adapter.mark_interrupted([left])  # what serve's start-up sweep hands the adapter
+
+    [part] = harness.parts(question["id"])
+    assert part["content"].startswith("w0 w1")  # what was shown stays
+    assert part["content"].endswith(RESTART_NOTE)
+    await ollama.stop()  # lets the stalled stream end
 
 
 async def test_reports_are_posted_with_their_chart(harness: Harness) -> None:

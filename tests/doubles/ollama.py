@@ -3,7 +3,7 @@
 A real aiohttp server on 127.0.0.1 that the unmodified `ollama` client talks to. It keeps the state a
 test cares about (models present, loaded, pullable), records every request, and can be told to fail
 the ways a real server does: an HTTP error on a route, an `{"error": ...}` line mid-stream, a stall,
-or no server at all (`await double.stop()`).
+a connection cut mid-stream (`drop_after_tokens`), or no server at all (`await double.stop()`).
 
     async def test_x(ollama_double):
         ollama_double.add_model("llama3.2:3b", size_gb=2.0)
@@ -84,6 +84,7 @@ class OllamaDouble:
     error_after_tokens: int | None = None
     stream_error: str = "llama runner process has terminated: exit status 2"
     stall_after_tokens: int | None = None
+    drop_after_tokens: int | None = None  # the connection is cut, as when the host goes down
     version: str = "0.6.8"
 
     models: dict[str, FakeModel] = field(default_factory=dict)
@@ -332,6 +333,10 @@ class OllamaDouble:
         for i, piece in enumerate(tokens):
             if self.error_after_tokens is not None and i == self.error_after_tokens:
                 await self._send(resp, {"error": self.stream_error})
+                return resp
+            if self.drop_after_tokens is not None and i == self.drop_after_tokens:
+                assert request.transport is not None
+                request.transport.abort()
                 return resp
             if self.stall_after_tokens is not None and i == self.stall_after_tokens:
                 await self._stopping.wait()  # hold the connection open, sending nothing
