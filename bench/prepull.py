@@ -19,6 +19,8 @@ Replayed request by request against these policies, on one Ollama host:
 - pre-pull, eviction on, true rates: the same job and replay given the rates the trace is drawn
   from instead of the forecast (a perfect forecast): what is lost to pull time and to serve not
   evicting on demand, rather than to forecasting;
+- no pre-pull, no eviction: serve with METAROUTER_PREPULL_ENABLED=false: pulls on demand while
+  the budget allows, then answers from what is local;
 - best set per hour, known in advance: for reference, the models that would have served the most of
   each hour's actual requests within the budget, there at the start of the hour for free. It knows
   the future; no policy that keeps one set of models through an hour can do better.
@@ -175,7 +177,7 @@ def replay(
     host = Host(sizes, budget, mb_s)
     per_week = [[0, 0] for _ in range(weeks)]
     history: list[tuple[str, datetime]] = []
-    fires = firings(settings.prepull_cron, weeks) if settings else []
+    fires = firings(settings.prepull_cron, weeks) if settings and settings.prepull_enabled else []
     f = 0
     for t, model in requests:
         while f < len(fires) and fires[f] <= t:
@@ -273,6 +275,7 @@ def main() -> None:
         ("pull on demand + LRU", None, None),
         ("pre-pull, eviction on", base.model_copy(update={"evict_enabled": True}), cold),
         ("pre-pull, eviction off (default)", base.model_copy(update={"evict_enabled": False}), None),
+        ("no pre-pull, no eviction (serve)", base.model_copy(update={"prepull_enabled": False}), None),
     ]
     for name, settings, counter in policies:
         weeks = replay(

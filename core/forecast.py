@@ -178,9 +178,10 @@ def plan(
     # the Generator pulls onto the host with the most room: plan against that host
     host = min(up, key=lambda h: sum(m.size_gb or 0.0 for m in inv.models if h in m.hosts))
     local = {m.name: m.size_gb or 0.0 for m in inv.models if host in m.hosts}
-    kept = {
-        n for n in local if not evict or (info := inv.get(n)) is None or bool(info.loaded_on) or not local[n]
-    }
+    loaded = {m.name for m in inv.models if m.loaded_on}
+    # what stays whatever the forecast: all of it without eviction; a model answering right now; one
+    # of unknown size, whose eviction frees nothing the plan can count on
+    kept = {n for n in local if not evict or n in loaded or not local[n]}
     candidates: dict[str, float] = {}
     skipped: list[tuple[str, str]] = []
     for e in expected:
