@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 
 from core.config import Settings
 from core.generation import Generator
@@ -11,7 +12,9 @@ from core.inventory import InventoryService, load_catalog
 from core.routing.cache import DecisionCache
 from core.routing.chain import MemoryLedger, RoutingChain
 from core.routing.local import LocalRouter
+from core.routing.memory import DecisionMemory
 from core.routing.meta import MetaRouter
+from core.routing.selection import Exploration
 from core.service import ChatService
 from core.store import Store, create_engine, upgrade_database
 
@@ -42,13 +45,19 @@ async def build_app(settings: Settings, *, use_cache: bool = True, database: boo
         await upgrade_database(settings.db_url)
         store = Store(create_engine(settings.db_url), store_question_text=settings.store_question_text)
 
-    inventory = InventoryService(
-        settings, settings.hosts, store.model_stats if store is not None else None, load_catalog()
+    stats = partial(store.model_stats, halflife_days=settings.feedback_halflife_days) if store else None
+    inventory = InventoryService(settings, settings.hosts, stats, load_catalog())
+    local = LocalRouter.load(exploration=Exploration.from_settings(settings))
+    memory = DecisionMemory(settings, store, local.embedding) if store and settings.decision_memory else None
+    meta = (
+        MetaRouter(settings, memory=memory)
+        if settings.meta_router_enabled and settings.openai_api_key
+        else None
     )
-    local = LocalRouter.load()
-    meta = MetaRouter(settings) if settings.meta_router_enabled and settings.openai_api_key else None
     cache = DecisionCache(settings) if settings.cache_decisions and use_cache else None
     chain = RoutingChain(settings, local=local, meta=meta, cache=cache, ledger=store or MemoryLedger())
     generator = Generator(settings, inventory, store_events=store.record_model_event if store else None)
-    service = ChatService(settings, inventory=inventory, chain=chain, generator=generator, store=store)
+    service = ChatService(
+        settings, inventory=inventory, chain=chain, generator=generator, store=store, memory=memory
+    )
     return App(settings=settings, service=service, store=store, local_router=local, meta=meta)
