@@ -103,8 +103,12 @@ class DecisionMemory:
         return await asyncio.to_thread(self._embed_sync, text)
 
     async def remember(self, request_id: int, query: str, *, private: bool) -> None:
-        vector = (await self._embed(query)).astype(np.float16)
-        await self._store.record_embedding(request_id, vector.tobytes(), private=private)
+        vector = (await self._embed(query)).astype(np.float16).tobytes()
+        await self._store.record_embedding(request_id, vector, private=private)
+        async with self._lock:
+            # this process sees its own decision at once; other replicas at their next top-up
+            if self._loaded_at is not None and request_id not in self._known:
+                self._append([StoredEmbedding(request_id, self._now(), private, vector)])
 
     async def similar(self, query: str) -> list[Precedent]:
         """Up to `memory_examples` past decisions whose question is at least `memory_min_similarity`
