@@ -42,6 +42,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("decision memory: loading past decisions failed (%s)", type(task.exception()).__name__)
+
+
 class MemoryStore(Protocol):
     async def record_embedding(self, request_id: int, embedding: bytes, *, private: bool) -> None: ...
 
@@ -86,6 +91,7 @@ class DecisionMemory:
         self._refresh_s = refresh_s
         self._redactor = Redactor.from_settings(settings)
         self._lock = asyncio.Lock()
+        self._topping_up: asyncio.Task[None] | None = None
         self._loaded_at: float | None = None  # monotonic time of the last top-up
         self._newest: datetime | None = None
         self._known: set[int] = set()
@@ -105,10 +111,10 @@ class DecisionMemory:
     async def remember(self, request_id: int, query: str, *, private: bool) -> None:
         vector = (await self._embed(query)).astype(np.float16).tobytes()
         await self._store.record_embedding(request_id, vector, private=private)
-        async with self._lock:
-            # this process sees its own decision at once; other replicas at their next top-up
-            if self._loaded_at is not None and request_id not in self._known:
-                self._append([StoredEmbedding(request_id, self._now(), private, vector)])
+        # this process sees its own decision at once, other replicas at their next top-up; during a
+        # top-up the answer does not wait for it: that top-up or the next reads the row back
+        if self._loaded_at is not None and not self._lock.locked() and request_id not in self._known:
+            self._append([StoredEmbedding(request_id, self._now(), private, vector)])
 
     async def similar(self, query: str) -> list[Precedent]:
         """Up to `memory_examples` past decisions whose question is at least `memory_min_similarity`
@@ -160,14 +166,25 @@ class DecisionMemory:
         return Precedent(question, r.query_type, r.model, r.positive, r.negative, similarity, r.created_at)
 
     async def _refresh(self) -> None:
-        async with self._lock:
-            now = time.monotonic()
-            if self._loaded_at is not None and now - self._loaded_at < self._refresh_s:
+        """Top up from the database when stale. The top-up runs as its own task: a search that gives up
+        waiting (LOOKUP_TIMEOUT_S) must not cancel it, or a large first load would never finish."""
+        if self._topping_up is None or self._topping_up.done():
+            if self._loaded_at is not None and time.monotonic() - self._loaded_at < self._refresh_s:
                 return
+            self._topping_up = asyncio.create_task(self._top_up())
+            self._topping_up.add_done_callback(_log_failure)
+        await asyncio.shield(self._topping_up)
+
+    async def _top_up(self) -> None:
+        async with self._lock:
+            started = time.monotonic()
             horizon = self._now() - timedelta(days=self._settings.memory_days)
             since = horizon if self._newest is None else max(horizon, self._newest - OVERLAP)
-            rows = [r for r in await self._store.embeddings_since(since) if r.request_id not in self._known]
-            self._loaded_at = now
+            try:
+                rows = await self._store.embeddings_since(since)
+            finally:
+                self._loaded_at = started  # a database that is down is asked again later, not per search
+            rows = [r for r in rows if r.request_id not in self._known]
             if rows:
                 self._append(rows)
             self._forget_before(horizon.timestamp())

@@ -289,6 +289,8 @@ class Store:
                 func.sum(case((Feedback.rating > 0, 1), else_=0)).label("pos"),
                 func.sum(case((Feedback.rating < 0, 1), else_=0)).label("neg"),
             )
+            # only these requests' answers: summing every rating ever given would cost a table scan
+            .where(Feedback.answer_id.in_(select(Answer.id).where(Answer.request_id.in_(ids))))
             .group_by(Feedback.answer_id)
             .subquery()
         )
