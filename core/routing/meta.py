@@ -47,6 +47,7 @@ QUERY_CHARS = 2000  # default; a pasted log or file costs tokens but says little
 SHORT_QUERY_WORDS = 8  # "and in Rust?" is a follow-up; a full question stands on its own
 MAX_ATTEMPTS = 3
 MAX_ANSWER_TOKENS = 400
+WITHHELD = "(The router's explanation was withheld.)"
 
 
 class MetaCallFailure(MetaRouterFailure):
@@ -336,6 +337,9 @@ class MetaRouter:
         decision = self._parse(completion, cost).model_copy(
             update={"decision_ms": latency_ms, "cost_usd": cost}
         )
+        if _quotes_past(decision.reasoning, past, req.query):
+            # the reasoning is shown to whoever asked now; the past question may be someone else's DM
+            decision = decision.model_copy(update={"reasoning": WITHHELD})
         return MetaResult(decision, cost, latency_ms, usage)
 
     async def _call(self, body: dict[str, Any]) -> Any:
@@ -409,13 +413,27 @@ class MetaRouter:
             raise invalid(where) from None
         if _echoes_prompt(answer.reasoning):
             # a question that talked the router into quoting its instructions: the user sees the reasoning
-            answer = answer.model_copy(update={"reasoning": "(The router's explanation was withheld.)"})
+            answer = answer.model_copy(update={"reasoning": WITHHELD})
         return Decision(**answer.model_dump(), source="openai")
 
 
 _PROMPT_PHRASES = tuple(
     p for p in (squash(x).lower() for x in re.split(r"[.:\n]", SYSTEM_PROMPT)) if len(p) >= 30
 )
+
+
+QUOTE_WORDS = 6  # this many words in a row of a past question, and the reasoning quotes it
+
+
+def _quotes_past(text: str, past: Sequence[Precedent], query: str) -> bool:
+    """True when the text repeats words of a past question that the current question does not share."""
+
+    def grams(t: str) -> set[tuple[str, ...]]:
+        w = squash(t).lower().split()
+        return {tuple(w[i : i + QUOTE_WORDS]) for i in range(len(w) - QUOTE_WORDS + 1)}
+
+    said = grams(text) - grams(query)
+    return any(said & grams(p.question) for p in past if p.question)
 
 
 def _echoes_prompt(text: str) -> bool:

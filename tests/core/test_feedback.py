@@ -187,6 +187,22 @@ async def test_prompt_shows_success_rates_and_a_similar_past_decision(
     assert "alice@example.com" not in prompt
 
 
+async def test_a_reasoning_that_quotes_a_past_question_is_not_shown(core_app, db_url, openai_double) -> None:
+    """The past question may be another person's; the reasoning goes to whoever asks now."""
+    app = await core_app(database_url=db_url)
+    await ask(app, FIRST, channel="D-alice")
+    quoting = "Someone asked how do I reverse a list in Python? Mail the answer; the coder did fine."
+    openai_double.push(OpenAIReply.decision(recommended_model="qwen2.5-coder:7b", reasoning=quoting))
+    answer = await ask(app, SECOND, channel="C-public")
+    assert answer.decision is not None and answer.decision.recommended_model == "qwen2.5-coder:7b"
+    assert "reverse a list" not in answer.decision.reasoning and "withheld" in answer.decision.reasoning
+
+    own = "The question asks what is the way to reverse a Python list, a coding task."
+    openai_double.push(OpenAIReply.decision(recommended_model="qwen2.5-coder:7b", reasoning=own))
+    answer = await ask(app, SECOND + " Thanks!", channel="C-public")
+    assert answer.decision is not None and answer.decision.reasoning == own  # its own words stay
+
+
 @pytest.mark.parametrize("where", ["channel setting", "adapter"])
 async def test_a_local_only_question_never_reaches_another_prompt(
     core_app, db_url, openai_double, where
