@@ -7,6 +7,7 @@ the Ollama and OpenAI doubles where a prompt is read.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import random
 from collections import Counter
@@ -281,3 +282,46 @@ async def test_replicas_see_each_others_decisions_and_old_ones_fade(store: Store
     assert await two.similar("reverse an array") == []
     async with store.engine.connect() as conn:
         assert (await conn.execute(select(func.count()).select_from(RequestEmbedding))).scalar_one() == 2
+
+
+class SlowStore:
+    """The store's side of the memory, with a first load slower than a search may wait."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.delay_s = 0.8
+
+    async def record_embedding(self, request_id: int, embedding: bytes, *, private: bool) -> None:
+        await self.store.record_embedding(request_id, embedding, private=private)
+
+    async def embeddings_since(self, since: datetime):
+        await asyncio.sleep(self.delay_s)
+        return await self.store.embeddings_since(since)
+
+    async def past_decisions(self, request_ids):
+        return await self.store.past_decisions(request_ids)
+
+
+async def test_a_slow_first_load_finishes_after_the_search_gives_up(store: Store, make_settings) -> None:
+    decision = Decision(
+        recommended_model=A,
+        confidence=0.9,
+        reasoning="r",
+        query_type="coding",
+        complexity="simple",
+        source="local",
+    )
+    rid = await store.record_request(
+        platform="slack", channel_id="C1", user_id="U1", query="reverse a list", decision=decision
+    )
+    await store.record_embedding(rid, VECTORS["reverse a list"].astype(np.float16).tobytes(), private=False)
+    memory = DecisionMemory(make_settings(), SlowStore(store), VECTORS.__getitem__, refresh_s=60)
+
+    assert await memory.similar("reverse an array") == []  # the prompt goes without, on time
+    found: list = []
+    for _ in range(40):  # every later search waits its turn too; the one load goes on meanwhile
+        found = await memory.similar("reverse an array")
+        if found:
+            break
+        await asyncio.sleep(0.1)
+    assert [p.model for p in found] == [A]
