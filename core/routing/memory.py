@@ -148,7 +148,7 @@ class DecisionMemory:
         if top.size == 0:
             return []
         similarity = {int(self._ids[i]): float(sims[i]) for i in top}
-        rows = await self._store.past_decisions(similarity)
+        rows = await self._store.past_decisions(list(similarity))
         found = [
             self._precedent(r, similarity[r.request_id])
             for r in rows
