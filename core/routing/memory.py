@@ -116,6 +116,10 @@ class DecisionMemory:
         if self._loaded_at is not None and not self._lock.locked() and request_id not in self._known:
             self._append([StoredEmbedding(request_id, self._now(), private, vector)])
 
+    async def load(self) -> None:
+        """Read the recent past decisions now (a search does it on first use, waiting only so long)."""
+        await self._refresh()
+
     async def similar(self, query: str) -> list[Precedent]:
         """Up to `memory_examples` past decisions whose question is at least `memory_min_similarity`
         close to `query`, rated ones first; [] when none, or when the database does not answer."""
