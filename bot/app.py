@@ -17,7 +17,9 @@ from core.routing.cache import DecisionCache
 from core.routing.chain import MemoryLedger, RoutingChain
 from core.routing.ensemble import Ensemble, build_meta_router
 from core.routing.local import LocalRouter
+from core.routing.memory import DecisionMemory
 from core.routing.meta import MetaRouter
+from core.routing.selection import Exploration
 from core.service import ChatService
 from core.store import BufferedStore, create_engine, upgrade_database
 
@@ -68,15 +70,19 @@ async def build_app(
         )
         await store.start()
 
-    inventory = InventoryService(
-        settings, settings.hosts, store.model_stats if store is not None else None, load_catalog()
+    stats = (
+        functools.partial(store.model_stats, halflife_days=settings.feedback_halflife_days) if store else None
     )
-    local = LocalRouter.load()
-    meta = build_meta_router(settings)
+    inventory = InventoryService(settings, settings.hosts, stats, load_catalog())
+    local = LocalRouter.load(exploration=Exploration.from_settings(settings))
+    memory = DecisionMemory(settings, store, local.embedding) if store and settings.decision_memory else None
+    meta = build_meta_router(settings, memory=memory)
     cache = DecisionCache(settings) if settings.cache_decisions and use_cache else None
     chain = RoutingChain(settings, local=local, meta=meta, cache=cache, ledger=store or MemoryLedger())
     generator = Generator(settings, inventory, store_events=store.record_model_event if store else None)
-    service = ChatService(settings, inventory=inventory, chain=chain, generator=generator, store=store)
+    service = ChatService(
+        settings, inventory=inventory, chain=chain, generator=generator, store=store, memory=memory
+    )
     return App(settings=settings, service=service, store=store, local_router=local, meta=meta)
 
 

@@ -175,6 +175,18 @@ class Settings(BaseSettings):
     track_success_rates: bool = True
     improve_prompts: bool = True
     user_feedback_integration: bool = True
+    # a rating's weight halves every this many days (core/feedback.py)
+    feedback_halflife_days: float = Field(30.0, gt=0)
+    # the local router sometimes picks a close second whose ratings are still uncertain (Thompson
+    # sampling), only among models scoring within explore_margin of the best, and only once any of them
+    # has ratings for the query type
+    explore: bool = True
+    explore_margin: float = Field(0.05, ge=0, le=0.5)
+    # similar past questions, with the model chosen and its ratings, go into the meta-router's prompt
+    decision_memory: bool = True
+    memory_examples: int = Field(3, ge=0, le=10)
+    memory_min_similarity: float = Field(0.6, ge=-1, le=1)
+    memory_days: float = Field(90.0, gt=0)  # how far back past decisions are searched
 
     # --- Ollama and generation --------------------------------------------------------------------
     ollama_host: str = Field("http://127.0.0.1:11434", validation_alias=_env("ollama_host", "OLLAMA_HOST"))

@@ -25,12 +25,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from core.config import Settings
 from core.errors import ConfigError
+from core.feedback import NEUTRAL_SCORE
 from core.types import QUERY_TYPES, Inventory, ModelInfo, ModelStats, normalise_model_name
 
 log = logging.getLogger(__name__)
 
 CATALOG_PATH = Path(__file__).parent / "data" / "catalog.json"
-NEUTRAL_SCORE = 50.0
 
 StatsProvider = Callable[[], Awaitable[dict[str, ModelStats]]]
 

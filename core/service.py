@@ -22,6 +22,7 @@ from core.inventory import InventoryService
 from core.privacy import local_only_for
 from core.ratelimit import MemoryRateLimiter, RateLimiter
 from core.routing.chain import RoutingChain
+from core.routing.memory import DecisionMemory
 from core.store import Store
 from core.types import Decision, Inventory, RouteRequest, Turn, normalise_model_name
 
@@ -58,6 +59,7 @@ class ChatService:
         generator: Generator,
         store: Store | None,
         limiter: RateLimiter | None = None,
+        memory: DecisionMemory | None = None,
     ) -> None:
         self.settings = settings
         self.limiter: RateLimiter = limiter or MemoryRateLimiter()
@@ -65,6 +67,7 @@ class ChatService:
         self.chain = chain
         self.generator = generator
         self.store = store
+        self.memory = memory
 
     async def route(self, req: RouteRequest) -> Decision:
         """The decision for a question, without generating anything (`/route`, `metarouter route`)."""
@@ -122,6 +125,8 @@ class ChatService:
             decision = _user_choice(decision, normalise_model_name(model))
 
         request_id = await self._record_request(msg, decision)
+        if request_id is not None and self.memory is not None:
+            await self._safe(self.memory.remember(request_id, msg.text, private=req.local_only))
         await reply.status(f"Routing… {decision.recommended_model} chosen")
         return await self._generate(msg, decision, reply, request_id, notes)
 

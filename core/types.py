@@ -117,6 +117,17 @@ class Decision(BaseModel):
 
 
 @dataclass(frozen=True)
+class Ratings:
+    """The ratings of a model's answers to one query type (core/feedback.py turns them into belief)."""
+
+    positive: float  # each rating weighted by its age: 0.5 ** (age / feedback_halflife_days)
+    total: float
+    votes: int  # ratings counted plainly, as people see them
+    positive_votes: int
+    last_rated: datetime | None = None
+
+
+@dataclass(frozen=True)
 class ModelStats:
     """What the database knows about a model's use: from answers and feedback."""
 
@@ -124,8 +135,8 @@ class ModelStats:
     feedback_count: int = 0
     requests: int = 0
     last_used: datetime | None = None
-    # per query type: (positive, total) ratings, for routing that learns per task
-    by_type: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # per query type, for routing that learns per task
+    by_type: dict[str, Ratings] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

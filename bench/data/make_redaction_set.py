@@ -80,17 +80,26 @@ SECRETS = {
 PASSWORDS = ["hunter2!", "Tr0ub4dor&3", "correct-horse-battery", "P@ssw0rd2024", "s3cr3t_pw", "Zq8#kd02LmX"]
 NAMES = ["alice", "bob", "chen.wei", "priya_k", "j.smith", "m.garcia", "ops-team", "noreply"]
 DOMAINS = ["example.com", "acme.io", "mail.example.org", "corp.example.net", "uni.example.edu"]
-PHONES = ["+1 415-555-0132", "+44 20 7946 0958", "(212) 555-0199", "+49 30 901820", "020 7946 0321",
-          "+33 1 23 45 67 89", "415-555-0187", "+61 2 9876 5432", "(03) 9555 0123"]
+PHONES = [
+    "+1 415-555-0132",
+    "+44 20 7946 0958",
+    "(212) 555-0199",
+    "+49 30 901820",
+    "020 7946 0321",
+    "+33 1 23 45 67 89",
+    "415-555-0187",
+    "+61 2 9876 5432",
+    "(03) 9555 0123",
+]
 
 # (template, kind of the slot). {v} is the value that must be redacted.
 POSITIVE = [
     ("my {name} key is {v}, why does the API say 401?", "secret"),
     ("I set OPENAI_API_KEY={v} in .env but the bot still says no key", "secret"),
     ("export AWS_ACCESS_KEY_ID={v}", "secret"),
-    ("curl -H \"Authorization: Bearer {v}\" https://api.example.com/v1/me", "secret"),
+    ('curl -H "Authorization: Bearer {v}" https://api.example.com/v1/me', "secret"),
     ("the token in CI is {v} — can someone rotate it?", "secret"),
-    ("config.json has \"apiKey\": \"{v}\" and it works locally", "secret"),
+    ('config.json has "apiKey": "{v}" and it works locally', "secret"),
     ("oops, pasted the wrong thing: {v}", "secret"),
     ("{v}", "secret"),
     ("git clone https://{v}@github.com/acme/app.git fails with 403", "secret"),
@@ -100,10 +109,10 @@ PASSWORD_LINES = [
     "DATABASE_URL=postgres://app:{v}@db.internal:5432/prod",
     "connect with mysql://root:{v}@10.0.0.5/shop and tell me why it times out",
     "password={v}",
-    "db_password: \"{v}\"",
+    'db_password: "{v}"',
     "my wifi password is set as PASSWORD={v} in the script",
     "redis://default:{v}@cache.acme.io:6379/0 refuses connections",
-    "settings: {\"password\": \"{v}\", \"user\": \"admin\"}",
+    'settings: {"password": "{v}", "user": "admin"}',
     "SMTP_PASS={v}",
 ]
 EMAIL_LINES = [
@@ -122,7 +131,7 @@ PHONE_LINES = [
 CARD_LINES = [
     "test payment failed for card {v} exp 12/28",
     "customer says {v} was charged twice",
-    "card_number = \"{v}\"",
+    'card_number = "{v}"',
     "refund to {v} please",
 ]
 IBAN_LINES = [

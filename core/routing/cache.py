@@ -39,6 +39,8 @@ def cache_key(req: RouteRequest, inv: Inventory, settings: Settings) -> str:
         settings.use_local_for_simple_queries,
         settings.local_confidence_threshold,
         req.local_only,
+        # exploration is drawn once per key: a repeated question keeps its model until the entry expires
+        settings.explore and settings.explore_margin,
     )
     parts = [squash(req.query).lower(), *thread, inv.fingerprint(), repr(routing)]
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()

@@ -18,13 +18,16 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from core.config import Settings
 from core.errors import MetaRouterFailure
 from core.routing.base import LocalHint
 from core.routing.meta import MetaCallFailure, MetaResult, MetaRouter, RouterView
 from core.types import Decision, FallbackReason, Inventory, RouteRequest, Vote
+
+if TYPE_CHECKING:
+    from core.routing.memory import DecisionMemory
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +63,10 @@ class Ensemble:
         self.members = tuple(members)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Ensemble:
-        return cls(settings, [MetaRouter(settings, spec=spec) for spec in settings.router_specs])
+    def from_settings(cls, settings: Settings, memory: DecisionMemory | None = None) -> Ensemble:
+        return cls(
+            settings, [MetaRouter(settings, spec=spec, memory=memory) for spec in settings.router_specs]
+        )
 
     def view(self, req: RouteRequest) -> RouterView:
         # every member redacts and clips with the same settings: they all see the same
@@ -144,14 +149,16 @@ class Ensemble:
         return vote, (d.model_copy(update={"recommended_model": known.name}) if known else None)
 
 
-def build_meta_router(settings: Settings) -> MetaRouter | Ensemble | None:
+def build_meta_router(
+    settings: Settings, memory: DecisionMemory | None = None
+) -> MetaRouter | Ensemble | None:
     """The meta-router the settings ask for: an ensemble when `meta_routers` lists any, else the one
     of OPENAI_API_KEY, else none."""
     if not settings.meta_router_enabled:
         return None
     if settings.meta_routers:
-        return Ensemble.from_settings(settings)
-    return MetaRouter(settings) if settings.primary_router else None
+        return Ensemble.from_settings(settings, memory)
+    return MetaRouter(settings, memory=memory) if settings.primary_router else None
 
 
 def _vote(

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from core.routing.embedding import MiniLMEncoder
-from core.routing.selection import select_model
+from core.routing.selection import Exploration, select_model
 from core.types import QUERY_TYPES, Complexity, Decision, Inventory, QueryType, RouteRequest, Turn
 
 DEFAULT_ARTIFACT = Path(__file__).resolve().parent.parent / "data" / "local_router.npz"
@@ -443,23 +443,30 @@ def limit_blas_threads(threads: int) -> None:
     threadpool_limits(threads, user_api="blas")
 
 
+@dataclass(frozen=True)
+class _Read:
+    probs: np.ndarray
+    pieces: int
+    embedding: np.ndarray  # unit length; the decision memory keeps it too
+
+
 class _LRU:
-    """A small thread-safe text -> (probs, pieces) cache: a thread's earlier turns are re-read on
-    every follow-up, so each is encoded once."""
+    """A small thread-safe (text, tokens) -> _Read cache: a thread's earlier turns are re-read on every
+    follow-up, and the decision memory wants the question's embedding, so each text is encoded once."""
 
     def __init__(self, size: int) -> None:
         self._size = size
-        self._data: OrderedDict[tuple[str, int], tuple[np.ndarray, int]] = OrderedDict()
+        self._data: OrderedDict[tuple[str, int], _Read] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[str, int]) -> tuple[np.ndarray, int] | None:
+    def get(self, key: tuple[str, int]) -> _Read | None:
         with self._lock:
             value = self._data.get(key)
             if value is not None:
                 self._data.move_to_end(key)
             return value
 
-    def put(self, key: tuple[str, int], value: tuple[np.ndarray, int]) -> None:
+    def put(self, key: tuple[str, int], value: _Read) -> None:
         with self._lock:
             self._data[key] = value
             self._data.move_to_end(key)
@@ -470,14 +477,22 @@ class _LRU:
 class LocalRouter:
     """Offline routing: `classify` a question (with its thread), then `select_model` from the inventory."""
 
-    def __init__(self, encoder: MiniLMEncoder, model: TrainedModel) -> None:
+    def __init__(
+        self, encoder: MiniLMEncoder, model: TrainedModel, *, exploration: Exploration | None = None
+    ) -> None:
         self.encoder = encoder
         self.model = model
+        self.exploration = exploration
         self._cache = _LRU(512)
 
     @classmethod
     def load(
-        cls, path: Path | None = None, encoder: MiniLMEncoder | None = None, *, blas_threads: int | None = 1
+        cls,
+        path: Path | None = None,
+        encoder: MiniLMEncoder | None = None,
+        *,
+        blas_threads: int | None = 1,
+        exploration: Exploration | None = None,
     ) -> LocalRouter:
         """Load the encoder and the artifact once; the router is then reused for every question.
 
@@ -489,7 +504,7 @@ class LocalRouter:
         if blas_threads is not None:
             limit_blas_threads(blas_threads)
         model = TrainedModel.load(Path(path) if path is not None else DEFAULT_ARTIFACT)
-        return cls(encoder or MiniLMEncoder.load(), model)
+        return cls(encoder or MiniLMEncoder.load(), model, exploration=exploration)
 
     def clear_cache(self) -> None:
         """Forget the texts seen so far (benchmarks measure first sight with it)."""
@@ -502,14 +517,22 @@ class LocalRouter:
         embedding = self.encoder.encode_ids(ids, max_tokens)
         return np.concatenate([embedding, form_features(text)]), len(ids)
 
-    def text_probs(self, text: str, max_tokens: int) -> tuple[np.ndarray, int]:
+    def _read(self, text: str, max_tokens: int) -> _Read:
         key = (text, max_tokens)
         hit = self._cache.get(key)
         if hit is None:
             feats, pieces = self.features(text, max_tokens)
-            hit = (self.model.probs(feats, text), pieces)
+            hit = _Read(self.model.probs(feats, text), pieces, feats[: self.encoder.dim])
             self._cache.put(key, hit)
         return hit
+
+    def text_probs(self, text: str, max_tokens: int) -> tuple[np.ndarray, int]:
+        read = self._read(text, max_tokens)
+        return read.probs, read.pieces
+
+    def embedding(self, query: str) -> np.ndarray:
+        """The question's unit-length embedding, as classifying it computed (and cached) it."""
+        return self._read(query, self.model.query_tokens).embedding
 
     def history_probs(self, history: Sequence[Turn]) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Probabilities of the earlier user turns (recent ones weigh more) and of the last answer."""
@@ -549,7 +572,9 @@ class LocalRouter:
     def decide_sync(self, req: RouteRequest, inv: Inventory) -> Decision:
         started = time.perf_counter()
         c = self.classify(req.query, req.history)
-        sel = select_model(c.query_type, c.complexity, inv, specializations=c.specializations)
+        sel = select_model(
+            c.query_type, c.complexity, inv, specializations=c.specializations, explore=self.exploration
+        )
         needs = f" ({', '.join(c.specializations)})" if c.specializations else ""
         reasoning = (
             f"Looks like a {c.complexity} {c.query_type} question{needs}, {c.confidence:.0%} sure. "

@@ -2,28 +2,35 @@
 
 Each model in the inventory gets one score; the highest wins and the next few are the alternatives.
 
-    quality      catalog score for the query type (0-100, neutral 50 when uncatalogued), pulled towards
-                 the model's observed success rate. The pull is Bayesian: the catalog counts as
-                 PRIOR_VOTES votes, so three thumbs-down cannot bury a model the benchmarks rate well.
+    quality      the mean of the model's Beta belief for the query type (core/feedback.py): the catalog
+                 score as a prior worth PRIOR_VOTES votes, updated by users' ratings, recent ones
+                 weighing more
     match        share of the needed specialisations (and the query type itself) the model lists
     size         how well the parameter count suits the complexity: small is fine for simple questions
                  (and faster), complex ones want a larger model
     availability a model that is not pulled yet pays a penalty, large for simple questions and growing
                  with the download size; only a much better model on a hard question is worth a download
     loaded       a model already in memory answers without a load pause
+
+With an `Exploration`, the best model is not always taken: among the models scoring within its margin
+of the best, each draws a quality from its belief instead of using the mean (Thompson sampling), and
+the highest draw wins. Uncertain but promising models thus get answers to be rated, and a model
+outside the margin, clearly worse, is never served. Without ratings for the query type among those
+models there is nothing to learn yet, and the choice stays deterministic.
 """
 
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from core.config import Settings
 from core.errors import RoutingError
+from core.feedback import NEUTRAL_SCORE, belief, is_rated
 from core.types import Complexity, Inventory, ModelInfo, normalise_model_name
 
-NEUTRAL_SCORE = 50.0
-PRIOR_VOTES = 30.0
 W_MATCH = 0.15
 W_SIZE = 0.10
 W_LOADED = 0.02
@@ -61,6 +68,21 @@ class Selection:
 
 
 @dataclass(frozen=True)
+class Exploration:
+    """How far from the best a model may score and still be tried, and the randomness that tries it
+    (seed it for reproducible runs)."""
+
+    margin: float
+    rng: random.Random
+
+    @classmethod
+    def from_settings(cls, settings: Settings, rng: random.Random | None = None) -> Exploration | None:
+        if not settings.explore:
+            return None
+        return cls(settings.explore_margin, rng or random.Random())
+
+
+@dataclass(frozen=True)
 class _Scored:
     model: ModelInfo
     score: float
@@ -75,6 +97,7 @@ def select_model(
     *,
     exclude: Iterable[str] = (),
     specializations: Sequence[str] = (),
+    explore: Exploration | None = None,
 ) -> Selection:
     """The best model for the task, with up to MAX_ALTERNATIVES others, best first.
 
@@ -89,17 +112,31 @@ def select_model(
         (_score(m, query_type, complexity, needed) for m in candidates),
         key=lambda s: (-s.score, s.model.name),  # name breaks ties, so the same input gives the same answer
     )
-    best = ranked[0]
+    best = _explore(ranked, query_type, explore) if explore is not None else ranked[0]
+    reasoning = _explain(best, query_type, complexity)
+    if best is not ranked[0]:
+        reasoning += (
+            f" Tried instead of {ranked[0].model.name}, which scores about as well, to learn from ratings."
+        )
     return Selection(
         model=best.model.name,
-        alternatives=[s.model.name for s in ranked[1 : 1 + MAX_ALTERNATIVES]],
+        alternatives=[s.model.name for s in ranked if s is not best][:MAX_ALTERNATIVES],
         download_needed=not best.model.local,
-        reasoning=_explain(best, query_type, complexity),
+        reasoning=reasoning,
     )
 
 
+def _explore(ranked: list[_Scored], query_type: str, explore: Exploration) -> _Scored:
+    close = [s for s in ranked if s.score >= ranked[0].score - explore.margin]
+    if len(close) < 2 or not any(is_rated(s.model, query_type) for s in close):
+        return ranked[0]
+    # the score with the belief's mean swapped for a draw from it
+    drawn = [(s.score - s.quality + belief(s.model, query_type).draw(explore.rng), s) for s in close]
+    return max(drawn, key=lambda d: d[0])[1]
+
+
 def _score(m: ModelInfo, query_type: str, complexity: str, needed: tuple[str, ...]) -> _Scored:
-    quality = _quality(m, query_type)
+    quality = belief(m, query_type).mean
     offered = {s.lower() for s in m.specializations}
     matched = tuple(n for n in needed if offered & set(_SYNONYMS.get(n, (n,))))
     match = len(matched) / len(needed)
@@ -109,16 +146,6 @@ def _score(m: ModelInfo, query_type: str, complexity: str, needed: tuple[str, ..
     elif m.loaded_on:
         score += W_LOADED
     return _Scored(m, score, quality, matched)
-
-
-def _quality(m: ModelInfo, query_type: str) -> float:
-    """Catalog score (0-1) smoothed towards the observed success rate for this task, if rated."""
-    prior = m.scores.get(query_type, NEUTRAL_SCORE) / 100.0
-    s = m.stats
-    positive, total = s.by_type.get(query_type, (0, 0))
-    if total == 0 and s.satisfaction is not None and s.feedback_count > 0:
-        positive, total = s.satisfaction * s.feedback_count, s.feedback_count
-    return (positive + PRIOR_VOTES * prior) / (total + PRIOR_VOTES)
 
 
 def _params_b(m: ModelInfo) -> float | None:
@@ -148,7 +175,8 @@ def _explain(best: _Scored, query_type: str, complexity: str) -> str:
     size = f"{_params_b(m):.0f}B" if _params_b(m) else "unknown size"
     matched = [s for s in best.matched if s != query_type]
     fits = f", covers {', '.join(matched)}" if matched else ""
-    rated = f", rated {m.stats.satisfaction:.0%} by users" if m.stats.satisfaction is not None else ""
+    r = m.stats.by_type.get(query_type)
+    rated = f", {r.positive_votes} of {r.votes} ratings for {query_type} good" if r and r.votes else ""
     catalog = (
         f"{m.scores.get(query_type, NEUTRAL_SCORE):.0f}/100 for {query_type}"
         if m.catalogued

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -101,6 +102,21 @@ class Request(Base):
     confidence: Mapped[float] = mapped_column(Float)
     decision_ms: Mapped[float] = mapped_column(Float)
     cost_usd: Mapped[float] = mapped_column(Float)
+
+
+class RequestEmbedding(Base):
+    """The question's sentence embedding (float16, unit length), for finding similar past decisions.
+
+    `private`: the question came from a local-only channel or workspace; nothing derived from it may go
+    to the meta-router.
+    """
+
+    __tablename__ = "request_embeddings"
+
+    request_id: Mapped[int] = mapped_column(ForeignKey("requests.id", ondelete="CASCADE"), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    private: Mapped[bool] = mapped_column(default=False)
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class Answer(Base):

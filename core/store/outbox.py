@@ -287,8 +287,15 @@ class BufferedStore(Store):
     async def claim_event(self, key: str) -> bool:
         return await self._timed(super().claim_event(key))
 
-    async def model_stats(self) -> dict[str, ModelStats]:
-        return await self._timed(super().model_stats())
+    async def model_stats(self, **kwargs: Any) -> dict[str, ModelStats]:
+        return await self._timed(super().model_stats(**kwargs))
+
+    async def record_embedding(self, request_id: int, embedding: bytes, *, private: bool) -> None:
+        # An embedding only helps the meta-router find precedents: not worth spooling through an
+        # outage, and a provisional request id has no row to refer to yet.
+        if request_id < 0:
+            return
+        await self._timed(super().record_embedding(request_id, embedding, private=private))
 
     async def router_calls_since(self, t: datetime) -> int:
         return await self._timed(super().router_calls_since(t))

@@ -13,7 +13,7 @@ import hashlib
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from sqlalchemy import case, delete, func, select, text, update
@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from core.config import Settings
 from core.errors import StoreUnavailable
+from core.feedback import DEFAULT_HALFLIFE_DAYS, RatingCount, tally
 from core.store.engine import create_engine, session_factory
 from core.store.models import (
     Answer,
@@ -34,6 +35,7 @@ from core.store.models import (
     ModelEvent,
     Replica,
     Request,
+    RequestEmbedding,
     RouterCall,
     utcnow,
 )
@@ -45,6 +47,13 @@ GENERATED_STATUSES = ("ok", "incomplete")
 # prepull / evict mark the pulls and removals the forecast job made (the Generator's own pull and
 # remove events record that they happened; these say why)
 MODEL_EVENT_KINDS = frozenset({"pull", "pull_failed", "remove", "load", "prepull", "evict"})
+
+
+def _midday(day: date | str) -> datetime:
+    """Noon UTC of a day as the database returns it (PostgreSQL a date, SQLite an ISO string): the
+    ratings of one day are weighed as if all given then, half a day off at most."""
+    d = day if isinstance(day, date) else date.fromisoformat(str(day)[:10])
+    return datetime.combine(d, time(12), tzinfo=UTC)
 
 
 def query_hash(query: str) -> str:
@@ -88,6 +97,31 @@ class RequestRecord:
     status: str | None
     prompt_tokens: int
     completion_tokens: int
+    positive: int
+    negative: int
+
+
+@dataclass(frozen=True)
+class StoredEmbedding:
+    request_id: int
+    created_at: datetime
+    private: bool
+    embedding: bytes  # float16, unit length
+
+
+@dataclass(frozen=True)
+class PastDecision:
+    """A recorded request as the decision memory shows it: what was asked, where, what answered, how
+    it was rated."""
+
+    request_id: int
+    created_at: datetime
+    platform: str
+    channel_id: str
+    workspace_id: str | None
+    query_text: str | None  # None when store_question_text was off
+    query_type: str
+    model: str  # the model that answered (the last one, after any fallback), else the one chosen
     positive: int
     negative: int
 
@@ -240,6 +274,86 @@ class Store:
         )
         async with self._tx() as s:
             return (await s.execute(stmt)).scalar_one()
+
+    async def record_embedding(self, request_id: int, embedding: bytes, *, private: bool) -> None:
+        """Keep a request's question embedding; recording the same request again changes nothing."""
+        stmt = (
+            self._insert(RequestEmbedding)
+            .values(request_id=request_id, created_at=utcnow(), private=private, embedding=embedding)
+            .on_conflict_do_nothing(index_elements=["request_id"])
+        )
+        async with self._tx() as s:
+            await s.execute(stmt)
+
+    async def embeddings_since(self, since: datetime) -> list[StoredEmbedding]:
+        async with self._tx() as s:
+            rows = (
+                await s.execute(
+                    select(
+                        RequestEmbedding.request_id,
+                        RequestEmbedding.created_at,
+                        RequestEmbedding.private,
+                        RequestEmbedding.embedding,
+                    )
+                    .where(RequestEmbedding.created_at >= since)
+                    .order_by(RequestEmbedding.created_at, RequestEmbedding.request_id)
+                )
+            ).all()
+        return [StoredEmbedding(*r) for r in rows]
+
+    async def past_decisions(self, request_ids: Iterable[int]) -> list[PastDecision]:
+        """The given requests with their (last) answer's model and ratings, in no particular order."""
+        ids = list(request_ids)
+        if not ids:
+            return []
+        ratings = (
+            select(
+                Feedback.answer_id.label("answer_id"),
+                func.sum(case((Feedback.rating > 0, 1), else_=0)).label("pos"),
+                func.sum(case((Feedback.rating < 0, 1), else_=0)).label("neg"),
+            )
+            # only these requests' answers: summing every rating ever given would cost a table scan
+            .where(Feedback.answer_id.in_(select(Answer.id).where(Answer.request_id.in_(ids))))
+            .group_by(Feedback.answer_id)
+            .subquery()
+        )
+        stmt = (
+            select(
+                Request.id,
+                Request.created_at,
+                Request.platform,
+                Request.channel_id,
+                Conversation.workspace_id,
+                Request.query_text,
+                Request.query_type,
+                Request.recommended_model,
+                Answer.model,
+                ratings.c.pos,
+                ratings.c.neg,
+            )
+            .outerjoin(Conversation, Conversation.id == Request.conversation_id)
+            .outerjoin(Answer, Answer.request_id == Request.id)
+            .outerjoin(ratings, ratings.c.answer_id == Answer.id)
+            .where(Request.id.in_(ids))
+            .order_by(Request.id, Answer.id)
+        )
+        async with self._tx() as s:
+            rows = (await s.execute(stmt)).all()
+        found: dict[int, PastDecision] = {}
+        for r in rows:  # a later answer to the same request (a retry) replaces the earlier one
+            found[r[0]] = PastDecision(
+                request_id=r[0],
+                created_at=r[1],
+                platform=r[2],
+                channel_id=r[3],
+                workspace_id=r[4],
+                query_text=r[5],
+                query_type=r[6],
+                model=r[8] or r[7],
+                positive=int(r[9] or 0),
+                negative=int(r[10] or 0),
+            )
+        return list(found.values())
 
     async def claim_event(self, key: str) -> bool:
         """True for the first claim of a delivery id, False for every later one, across processes."""
@@ -474,9 +588,19 @@ class Store:
             result = await s.execute(stmt)
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
-    async def model_stats(self) -> dict[str, ModelStats]:
-        """Per model: answers generated, when last, and the share of positive ratings (None if unrated)."""
-        positive = func.sum(case((Feedback.rating > 0, 1), else_=0))
+    async def model_stats(
+        self, *, halflife_days: float = DEFAULT_HALFLIFE_DAYS, now: datetime | None = None
+    ) -> dict[str, ModelStats]:
+        """Per model: answers generated, when last, the share of positive ratings (None if unrated), and
+        per query type the ratings weighted by age (`halflife_days`)."""
+        now = now or utcnow()
+        # Ratings are counted per day in SQL and weighted in Python: the rows read back are bounded by
+        # models x types x days, not by the number of ratings, and no dialect needs a power function.
+        day = (
+            func.date(func.timezone("UTC", Feedback.updated_at))
+            if self.engine.dialect.name == "postgresql"
+            else func.date(Feedback.updated_at)
+        )
         async with self._tx() as s:
             usage = (
                 await s.execute(
@@ -487,21 +611,26 @@ class Store:
             ).all()
             ratings = (
                 await s.execute(
-                    select(Answer.model, Request.query_type, positive, func.count(Feedback.id))
+                    select(Answer.model, Request.query_type, Feedback.rating, day, func.count(Feedback.id))
                     .join(Answer, Feedback.answer_id == Answer.id)
                     .join(Request, Answer.request_id == Request.id)
-                    .group_by(Answer.model, Request.query_type)
+                    .group_by(Answer.model, Request.query_type, Feedback.rating, day)
                 )
             ).all()
         used: dict[str, tuple[int, datetime | None]] = {m: (n, last) for m, n, last in usage}
-        by_model: dict[str, dict[str, tuple[int, int]]] = {}
-        for model, query_type, pos, total in ratings:
-            by_model.setdefault(model, {})[query_type] = (int(pos or 0), int(total))
+        by_model = tally(
+            (
+                RatingCount(model, query_type, int(rating), int(n), _midday(d))
+                for model, query_type, rating, d, n in ratings
+            ),
+            now=now,
+            halflife_days=halflife_days,
+        )
         stats: dict[str, ModelStats] = {}
         for model in used.keys() | by_model.keys():
             by_type = by_model.get(model, {})
-            pos = sum(p for p, _ in by_type.values())
-            total = sum(t for _, t in by_type.values())
+            pos = sum(r.positive_votes for r in by_type.values())
+            total = sum(r.votes for r in by_type.values())
             requests, last_used = used.get(model, (0, None))
             stats[model] = ModelStats(
                 satisfaction=pos / total if total else None,

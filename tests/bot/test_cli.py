@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import jsonschema
@@ -298,8 +299,15 @@ async def test_serve_answers_discord_and_stops_cleanly_on_sigterm(
         "DISCORD_API_URL": discord_double.api_url,
     }
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot.cli", "serve", env=env, cwd=ROOT,
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "bot.cli",
+        "serve",
+        env=env,
+        cwd=ROOT,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         await discord_double.wait_for(lambda: discord_double.identifies, within=60)
@@ -316,3 +324,28 @@ async def test_serve_answers_discord_and_stops_cleanly_on_sigterm(
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(proc.wait(), 30)
     assert code == 0
+
+
+async def test_models_json_satisfaction_stays_the_share_of_good_ratings(cli_env, tmp_path: Path) -> None:
+    """Routing weighs old ratings less; `satisfaction` is still the plain share of thumbs-up."""
+    from sqlalchemy import update
+
+    from core.store import Store, create_engine, upgrade_database
+    from core.store.models import Feedback
+    from tests.helpers_usage import seed_answer
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'data' / 'metarouter.db'}"
+    (tmp_path / "data").mkdir(parents=True, exist_ok=True)
+    await upgrade_database(url)
+    store = Store(create_engine(url))
+    now = datetime.now(UTC)
+    await seed_answer(store, "qwen2.5-coder:7b", now, ratings=(-1, -1, -1), query_type="coding")
+    async with store.engine.begin() as conn:
+        await conn.execute(update(Feedback).values(updated_at=now - timedelta(days=200)))
+    await seed_answer(store, "qwen2.5-coder:7b", now, ratings=(1,), query_type="coding")
+    await store.close()
+
+    code, out, err = await run(cli_env, "models", "--json")
+    assert code == 0, err
+    coder = next(m for m in json.loads(out) if m["name"] == "qwen2.5-coder:7b")
+    assert (coder["satisfaction"], coder["feedback_count"], coder["requests"]) == (0.25, 4, 2)

@@ -20,7 +20,7 @@ from core.routing.training import (
     load_threads,
     train,
 )
-from core.types import QUERY_TYPES, Inventory, ModelInfo, ModelStats, RouteRequest, Turn
+from core.types import QUERY_TYPES, Inventory, ModelInfo, ModelStats, Ratings, RouteRequest, Turn
 
 
 def info(
@@ -288,8 +288,8 @@ def test_size_follows_complexity() -> None:
 
 
 def test_a_few_votes_do_not_outweigh_the_catalog_but_many_do() -> None:
-    few = ModelStats(satisfaction=0.0, feedback_count=3, by_type={"coding": (0, 3)})
-    many = ModelStats(satisfaction=0.1, feedback_count=40, by_type={"coding": (4, 40)})
+    few = ModelStats(satisfaction=0.0, feedback_count=3, by_type={"coding": Ratings(0, 3, 3, 0)})
+    many = ModelStats(satisfaction=0.1, feedback_count=40, by_type={"coding": Ratings(4, 40, 40, 4)})
     rival = info("rival:7b", scores=scores(coding=76), specs=("coding",))
 
     def pick(stats: ModelStats) -> str:

@@ -10,7 +10,7 @@ import pytest
 
 from core.errors import MetaRouterFailure
 from core.routing.meta import MetaRouter
-from core.types import Decision, Inventory, ModelInfo, ModelStats, RouteRequest, Turn
+from core.types import Decision, Inventory, ModelInfo, ModelStats, Ratings, RouteRequest, Turn
 from tests.doubles.openai import OpenAIDouble, Reply
 
 KEY = "sk-test-0123456789abcdefSECRET"
@@ -44,7 +44,11 @@ def inventory() -> Inventory:
                 specializations=("coding", "debugging"),
                 scores={"coding": 88.0, "math": 61.0, "general": 55.0},
                 stats=ModelStats(
-                    satisfaction=0.83, feedback_count=12, last_used=datetime(2026, 11, 27, tzinfo=UTC)
+                    satisfaction=0.83,
+                    feedback_count=12,
+                    last_used=datetime(2026, 11, 27, tzinfo=UTC),
+                    # 10 of 12 good, the bad ones recent: weighted by age the share is lower
+                    by_type={"coding": Ratings(positive=7.2, total=9.0, votes=12, positive_votes=10)},
                 ),
             ),
             model(
@@ -137,7 +141,7 @@ async def test_prompt_carries_inventory_and_thread(router, openai_double: OpenAI
 
     prompt = openai_double.requests[0].prompt
     coder = next(line for line in prompt.splitlines() if line.startswith("- qwen2.5-coder:7b"))
-    assert "local on h1,h2" in coder and "83% of 12 votes" in coder and "2026-11-27" in coder
+    assert "local on h1,h2" in coder and "coding 80%/12" in coder and "2026-11-27" in coder
     assert "88/61/-/-/55" in coder  # scores per query type
     deepseek = next(line for line in prompt.splitlines() if line.startswith("- deepseek-r1:14b"))
     assert "| download needed | 9GB |" in deepseek and "no votes" in deepseek and "never" in deepseek

@@ -56,7 +56,10 @@ def test_each_kind_of_secret_becomes_its_placeholder(secret: str, placeholder: s
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("db url postgres://app:s3cr3t-Pw@db.internal:5432/app", "postgres://app:[SECRET:password]@db.internal"),
+        (
+            "db url postgres://app:s3cr3t-Pw@db.internal:5432/app",
+            "postgres://app:[SECRET:password]@db.internal",
+        ),
         ('config: {"password": "hunter2!x"}', '"password": "[SECRET:password]"'),
         ("export AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "KEY=[SECRET:secret]"),
         ("curl -H 'Authorization: Bearer abcdef0123456789abcdef'", "Bearer [SECRET:token]"),
@@ -199,8 +202,7 @@ async def test_the_router_receives_redacted_text_and_a_bounded_thread(app: App, 
         for i in range(10)
     ) + (Turn(role="user", content="mail the report to carol@example.org", author="Carol"),)
     question = (
-        "why does `git push` fail with token ghp_16C7e42F292c6912E7710c838347Ae178B4a "
-        "for bob@example.com?"
+        "why does `git push` fail with token ghp_16C7e42F292c6912E7710c838347Ae178B4a for bob@example.com?"
     )
     answer = await app.service.handle(message(question, history=history), RecordingReply())
 
@@ -292,4 +294,3 @@ def test_redaction_is_fast_enough_to_run_on_every_question() -> None:
     rnd = random.Random(6)
     text = "".join(rnd.choice("a1-@.:/ =_") for _ in range(20_000))
     Redactor().redact(text)
-

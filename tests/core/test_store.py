@@ -158,7 +158,8 @@ async def test_model_stats_follow_the_contract(store: Store) -> None:
     stats = await store.model_stats()
     assert stats[CODER].satisfaction == pytest.approx(2 / 3)
     assert stats[CODER].feedback_count == 3
-    assert stats[CODER].by_type == {"coding": (2, 2), "math": (0, 1)}
+    coding, maths = stats[CODER].by_type["coding"], stats[CODER].by_type["math"]
+    assert (coding.positive_votes, coding.votes, maths.positive_votes, maths.votes) == (2, 2, 0, 1)
     assert stats[GENERAL].satisfaction == 1.0
 
 
