@@ -487,6 +487,13 @@ class DiscordDouble:
         if ws is not None:
             await ws.send_str(json.dumps({"op": 7, "d": None, "s": None, "t": None}))
 
+    async def drop(self, code: int = 4000) -> None:
+        """The connection breaks without a word from the gateway (a network blip, a gateway restart):
+        the client has to notice, reconnect and RESUME; dispatches meanwhile wait in the log."""
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            await ws.close(code=code, message=b"connection lost")
+
     def replay_from(self, seq: int) -> None:
         """On the next RESUME replay from `seq` (inclusive) instead of after the client's sequence,
         as a gateway that lost track does: the client then sees some dispatches twice."""
