@@ -19,6 +19,7 @@ from core.errors import GenerationError, MetaRouterError, StreamFailed
 from core.generation import Done, Fallback, Generator, Pulling, Queued, Started, Token
 from core.inventory import InventoryService
 from core.privacy import local_only_for
+from core.prompt_guard import PromptGuard
 from core.ratelimit import MemoryRateLimiter, RateLimiter
 from core.routing.chain import RoutingChain
 from core.store import Store
@@ -64,6 +65,7 @@ class ChatService:
         self.chain = chain
         self.generator = generator
         self.store = store
+        self.prompt_guard = PromptGuard(settings.system_prompt)
 
     async def route(self, req: RouteRequest) -> Decision:
         """The decision for a question, without generating anything (`/route`, `metarouter route`)."""
@@ -171,6 +173,7 @@ class ChatService:
     ) -> FinalAnswer:
         turns = [*msg.history, Turn(role="user", content=msg.text, author=msg.author_name)]
         text = ""
+        guard = self.prompt_guard.stream()  # a model asked to recite its instructions must not show them
         notes = list(notes or [])
         answer_id: int | None = None
         stats: AnswerStats | None = None
@@ -193,7 +196,7 @@ class ChatService:
                             answer_id = await self._safe(self.store.start_answer(request_id, model, host))
                     case Token(text=piece):
                         text += piece
-                        await reply.stream(text)
+                        await reply.stream(guard.show(text))
                     case Done():
                         stats = AnswerStats(
                             model=event.model,
@@ -211,7 +214,7 @@ class ChatService:
 
         incomplete = error is not None and bool(text)
         answer = FinalAnswer(
-            text=text,
+            text=guard.show(text),
             decision=decision,
             answer_id=answer_id,
             stats=stats,

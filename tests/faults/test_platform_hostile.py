@@ -1,0 +1,109 @@
+"""Hostile input on Slack and Discord, end to end, against doubles that fall for every trick.
+
+For each input the issue lists: a short answer or a clear refusal, in bounded time; the routing
+decision names a model the inventory knows; no model is pulled because a message asked for one; and
+neither system prompt (the meta-router's, the answering model's) reaches the chat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from tests.bot.test_discord import Harness, harness  # noqa: F401  (the fixture is used by name)
+from tests.doubles.discord import message_text
+from tests.doubles.slack import SlackBot, SlackDouble
+from tests.faults.hostile import HOSTILE, LOCAL, PULLABLE, Hostile, gullible_model, gullible_router, leaked
+
+BOUND_S = 20.0  # generous: this is about never hanging, not about speed
+SHORT = 1500  # characters: a hint, a refusal or the model's short answer plus notes
+
+
+def everything_slack_showed(double: SlackDouble) -> str:
+    """Every text the bot wrote to Slack: messages, every edit, blocks and button values, ephemerals."""
+    out = []
+    for c in double.calls("chat.postMessage") + double.calls("chat.update"):
+        out += [str(c.args.get("text") or ""), json.dumps(c.args.get("blocks") or [], ensure_ascii=False)]
+    out += [json.dumps(r.body, ensure_ascii=False) for r in double.responses]
+    return "\n".join(out).replace("\\n", "\n")
+
+
+@pytest.fixture
+async def slack_bot(slack_bot_factory, ollama_double, openai_double) -> SlackBot:
+    for name, size in PULLABLE.items():
+        ollama_double.add_pullable(name, size_gb=size)
+    ollama_double.reply = gullible_model
+    openai_double.responder = gullible_router
+    return await slack_bot_factory(
+        meta_router_enabled=True,
+        openai_api_key="sk-test-key-123456",
+        openai_base_url=openai_double.base_url,
+        use_local_for_simple_queries=False,
+        max_question_chars=4000,
+    )
+
+
+@pytest.mark.parametrize("hostile", HOSTILE, ids=[h.id for h in HOSTILE])
+async def test_slack_hostile_input(
+    hostile: Hostile, slack_bot: SlackBot, slack_double: SlackDouble, ollama_double, openai_double
+) -> None:
+    event = slack_double.mention("C1", "U1", f"<@UBOT> {hostile.text}")
+    if hostile.files:
+        event["event"]["files"] = [{"id": f"F{i}", "name": n} for i, n in enumerate(hostile.files)]
+        event["event"]["subtype"] = "file_share"
+    ts = event["event"]["ts"]
+    await asyncio.wait_for(slack_bot.ask(event), BOUND_S)
+
+    replies = slack_double.bot_replies("C1", ts)
+    assert len(replies) == 1
+    shown = slack_double.answer("C1", ts)
+    assert shown and len(shown) < SHORT, shown[:300]
+    assert "Traceback" not in shown
+    if hostile.files:
+        assert "I can't read attachments" in shown and hostile.files[0] in shown
+    if hostile.answered:
+        line = slack_double.routing_line("C1", ts)
+        assert line.split(" · ")[0].removeprefix(":compass: ") in LOCAL, line
+        await _expand(slack_bot, slack_double, replies[-1])
+    else:
+        assert ollama_double.calls("/api/chat") == [] and openai_double.calls == 0
+    assert ollama_double.calls("/api/pull") == []  # nothing pulled because a message asked
+    assert set(ollama_double.models) == set(LOCAL)
+    assert leaked(everything_slack_showed(slack_double)) == []
+
+
+async def _expand(bot: SlackBot, double: SlackDouble, msg: Any) -> None:
+    """Opens the routing details: what they say must be as safe as the answer."""
+    expand = next(b for b in msg.buttons() if b["text"]["text"] == "Routing details")
+    await double.click(expand, message=msg)
+    await bot.settle()
+    assert "Why:" in msg.visible()
+
+
+@pytest.mark.parametrize("hostile", HOSTILE, ids=[h.id for h in HOSTILE])
+async def test_discord_hostile_input(hostile: Hostile, harness: Harness, openai_double) -> None:  # noqa: F811
+    double, ollama, openai = harness.double, harness.ollama, openai_double
+    for name, size in PULLABLE.items():
+        ollama.add_pullable(name, size_gb=size)
+    ollama.reply = gullible_model
+    openai.responder = gullible_router
+    await harness.start(max_question_chars=4000)
+    alice = double.person("Alice")
+
+    question = await double.post(double.general, alice, hostile.text, mention_bot=True, files=hostile.files)
+    parts = await asyncio.wait_for(harness.answer(question), BOUND_S)
+
+    assert len(parts) == 1
+    shown = message_text(parts[0])
+    assert shown and len(shown) < SHORT, shown[:300]
+    if hostile.files:
+        assert "can't read attachments" in shown and hostile.files[0] in shown
+    if not hostile.answered:
+        assert ollama.calls("/api/chat") == [] and openai.calls == 0
+    assert ollama.calls("/api/pull") == []
+    assert set(ollama.models) == set(LOCAL)
+    sent = [json.dumps(r.body, ensure_ascii=False) for r in double.requests if r.method in ("POST", "PATCH")]
+    assert leaked("\n".join(sent).replace("\\n", "\n")) == []
