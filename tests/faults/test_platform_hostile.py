@@ -107,3 +107,34 @@ async def test_discord_hostile_input(hostile: Hostile, harness: Harness, openai_
     assert set(ollama.models) == set(LOCAL)
     sent = [json.dumps(r.body, ensure_ascii=False) for r in double.requests if r.method in ("POST", "PATCH")]
     assert leaked("\n".join(sent).replace("\\n", "\n")) == []
+
+
+async def test_slack_asking_too_fast_gets_a_polite_wait_and_others_are_still_answered(
+    slack_bot_factory, slack_double: SlackDouble, ollama_double
+) -> None:
+    ollama_double.reply = "Here is a short answer."
+    bot = await slack_bot_factory(user_rate_per_minute=2, channel_rate_per_minute=3)
+    asked = [slack_double.mention("C1", "U1", f"<@UBOT> question {i}") for i in range(3)]
+    for event in asked:
+        await bot.ask(event)
+    shown = [slack_double.answer("C1", e["event"]["ts"]) for e in asked]
+    assert shown[:2] == ["Here is a short answer."] * 2
+    assert shown[2].startswith(":warning: You're asking faster than I can answer; try again in ")
+    other = slack_double.mention("C1", "U2", "<@UBOT> my turn?")
+    await bot.ask(other)
+    assert slack_double.answer("C1", other["event"]["ts"]) == "Here is a short answer."
+    assert len(ollama_double.calls("/api/chat")) == 3
+
+
+async def test_discord_asking_too_fast_gets_a_polite_wait(harness: Harness) -> None:  # noqa: F811
+    double = harness.double
+    harness.ollama.reply = "Here is a short answer."
+    await harness.start(user_rate_per_minute=1)
+    alice = double.person("Alice")
+    first = await harness.ask("question one", person=alice)
+    [answer] = await harness.answer(first)
+    second = await harness.ask("question two", person=alice)
+    [limited] = await harness.answer(second)
+    assert answer["content"] == "Here is a short answer."
+    assert limited["content"].startswith("⚠️ You're asking faster than I can answer; try again in ")
+    assert len(harness.ollama.calls("/api/chat")) == 1
