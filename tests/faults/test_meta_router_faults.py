@@ -100,9 +100,11 @@ async def test_a_slow_meta_router_is_not_waited_for_past_the_decision_timeout(
 
 
 async def test_a_meta_router_refusing_connections_falls_back_at_once(
-    slack_bot_factory, slack_double: SlackDouble, ollama_double, openai_double: OpenAIDouble
+    slack_bot_factory, slack_double: SlackDouble, ollama_double, openai_double: OpenAIDouble, db_url: str
 ) -> None:
-    bot = await routed_bot(slack_bot_factory, openai_double, openai_base_url=closed_port_url())
+    bot = await routed_bot(
+        slack_bot_factory, openai_double, openai_base_url=closed_port_url(), database_url=db_url
+    )
 
     shown, took = await ask_and_check(bot, slack_double, ollama_double, "api_error")
 

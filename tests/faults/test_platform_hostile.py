@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.bot.test_discord import Harness, harness  # noqa: F401  (the fixture is used by name)
-from tests.doubles.discord import message_text
+from tests.doubles.discord import buttons, message_text
 from tests.doubles.slack import SlackBot, SlackDouble
 from tests.faults.hostile import HOSTILE, LOCAL, PULLABLE, Hostile, gullible_model, gullible_router, leaked
 
@@ -101,7 +101,13 @@ async def test_discord_hostile_input(hostile: Hostile, harness: Harness, openai_
     assert shown and len(shown) < SHORT, shown[:300]
     if hostile.files:
         assert "can't read attachments" in shown and hostile.files[0] in shown
-    if not hostile.answered:
+    if hostile.answered:
+        summary = parts[0]["embeds"][0]["description"]
+        assert summary.removeprefix("-# ").split(" · ")[0] in LOCAL, summary
+        why = next(b for b in buttons(parts[0]) if b["label"] == "Why this model?")
+        click = await double.click(parts[0], why["custom_id"], person=alice)
+        await double.wait_for(lambda: click.callbacks)  # the details, for the leak check below
+    else:
         assert ollama.calls("/api/chat") == [] and openai.calls == 0
     assert ollama.calls("/api/pull") == []
     assert set(ollama.models) == set(LOCAL)
