@@ -69,6 +69,9 @@ class ChatService:
 
     async def route(self, req: RouteRequest) -> Decision:
         """The decision for a question, without generating anything (`/route`, `metarouter route`)."""
+        # `/route` and the CLI come here directly: invalid Unicode must not reach the cache key's hash
+        history = tuple(t.model_copy(update={"content": clean_text(t.content)}) for t in req.history)
+        req = req.model_copy(update={"query": clean_text(req.query), "history": history})
         if not req.local_only and local_only_for(self.settings, req.channel_id):
             req = req.model_copy(update={"local_only": True})
         inv = await self.inventory.snapshot()

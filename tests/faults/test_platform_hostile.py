@@ -144,3 +144,24 @@ async def test_discord_asking_too_fast_gets_a_polite_wait(harness: Harness) -> N
     assert answer["content"] == "Here is a short answer."
     assert limited["content"].startswith("⚠️ You're asking faster than I can answer; try again in ")
     assert len(harness.ollama.calls("/api/chat")) == 1
+
+
+ROUTED = [h for h in HOSTILE if h.text.strip()]
+
+
+@pytest.mark.parametrize("hostile", ROUTED, ids=[h.id for h in ROUTED])
+async def test_slack_route_with_hostile_input_shows_a_decision_from_the_inventory(
+    hostile: Hostile, slack_bot: SlackBot, slack_double: SlackDouble, ollama_double, caplog
+) -> None:
+    await slack_double.command("/route", hostile.text[:3000])  # Slack cuts a command's text short
+    await asyncio.wait_for(slack_bot.settle(), BOUND_S)
+
+    [shown] = slack_double.responses
+    assert shown.body["response_type"] == "ephemeral"
+    known = (await slack_bot.app.service.inventory.snapshot()).names()
+    model = shown.body["text"].removeprefix("Routing decision: ")
+    assert model in known, shown.body["text"]  # a decision, not "Something went wrong"
+    assert model != "mistral:7b"  # not the model the question told the router to pick
+    assert ollama_double.calls("/api/pull") == [] and ollama_double.calls("/api/chat") == []
+    assert leaked(everything_slack_showed(slack_double)) == []
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
