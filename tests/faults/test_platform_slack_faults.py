@@ -80,3 +80,22 @@ async def test_a_dropped_socket_mid_answer_reconnects_finishes_and_ignores_the_r
     later = slack_double.mention("C1", "U2", "<@UBOT> are you there?")
     await bot.ask(later)
     assert slack_double.answer("C1", later["event"]["ts"]) == "Still here."
+
+
+async def test_a_rate_limited_thread_read_is_waited_out_and_the_question_answered(
+    slack_bot_factory, slack_double: SlackDouble, ollama_double
+) -> None:
+    # conversations.replies is a Tier 3 method (about 50 calls a minute): a busy workspace hits it
+    ollama_double.reply = "Try the deque."
+    bot: SlackBot = await slack_bot_factory()
+    parent = slack_double.post_as("C1", "U2", "we need a faster queue in python")
+    slack_double.fail("conversations.replies", status=429, retry_after=1)
+    event = slack_double.mention("C1", "U1", "<@UBOT> any idea?", thread_ts=parent.ts)
+    await bot.ask(event)
+
+    assert len(slack_double.bot_replies("C1", parent.ts)) == 1
+    assert slack_double.answer("C1", parent.ts) == "Try the deque."
+    reads = slack_double.calls("conversations.replies")
+    assert len(reads) >= 2 and reads[1].at - reads[0].at >= 1.0  # Retry-After was honoured
+    sent = ollama_double.calls("/api/chat")[0].body["messages"]
+    assert "we need a faster queue in python" in sent[-2]["content"]  # the thread was read after all
