@@ -41,6 +41,10 @@ QUERY_CHARS = 2000  # default; a pasted log or file costs tokens but says little
 SHORT_QUERY_WORDS = 8  # "and in Rust?" is a follow-up; a full question stands on its own
 MAX_ATTEMPTS = 3
 MAX_ANSWER_TOKENS = 400
+# what a decision may carry from the router: a lax compatible server ignores max_tokens
+REASONING_CHARS = 600
+SPECIALIZATIONS = 8
+SPECIALIZATION_CHARS = 40
 
 
 class MetaCallFailure(MetaRouterFailure):
@@ -360,7 +364,13 @@ class MetaRouter:
         if _echoes_prompt(answer.reasoning):
             # a question that talked the router into quoting its instructions: the user sees the reasoning
             answer = answer.model_copy(update={"reasoning": "(The router's explanation was withheld.)"})
-        return Decision(**answer.model_dump(), source="openai")
+        bounded = {
+            "reasoning": clip(answer.reasoning, REASONING_CHARS),
+            "specializations_needed": [
+                clip(x, SPECIALIZATION_CHARS) for x in answer.specializations_needed[:SPECIALIZATIONS]
+            ],
+        }
+        return Decision(**(answer.model_dump() | bounded), source="openai")
 
 
 _PROMPT_PHRASES = tuple(

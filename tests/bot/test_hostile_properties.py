@@ -23,13 +23,14 @@ from bot.common.render import decision_details
 from bot.common.splitting import MIN_LIMIT, split_text
 from bot.discord.render import MESSAGE_LIMIT
 from bot.slack.mrkdwn import escape, to_mrkdwn
+from bot.slack.render import Footer, pack_footer, unpack_footer
 from bot.slack.reply import render_text
 from core.config import DEFAULT_SYSTEM_PROMPT
 from core.errors import MetaRouterFailure
 from core.privacy import Redactor
 from core.prompt_guard import PromptGuard
 from core.routing.meta import SYSTEM_PROMPT, MetaRouter
-from core.types import QUERY_TYPES
+from core.types import QUERY_TYPES, Decision
 from tests.faults.hostile import HOSTILE, leaked
 
 FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$", re.M)
@@ -262,3 +263,24 @@ def test_a_model_reciting_its_instructions_amid_hostile_text_never_shows_them(
     assert leaked(shown[-1]) == []
     assert all(leaked(s) == [] for s in shown[:-1])  # not even while it streams
     assert GUARD.stream().show(before) == before or leaked(before)  # innocent text is left alone
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(HOSTILE_TEXT, st.lists(HOSTILE_TEXT, max_size=60))
+@example("because " * 20_000, ["x" * 5000] * 50)
+def test_the_slack_routing_footer_fits_a_button_whatever_the_decision_says(
+    reasoning: str, specializations: list[str]
+) -> None:
+    d = Decision(
+        recommended_model="llama3.2:3b",
+        confidence=0.5,
+        reasoning=reasoning,
+        query_type="general",
+        complexity="simple",
+        specializations_needed=specializations,
+        source="openai",
+    )
+    value = pack_footer(Footer(d, "1700000000.000100"))
+    assert len(value) <= 2000
+    back = unpack_footer(value).decision
+    assert back.recommended_model == d.recommended_model and back.source == "openai"

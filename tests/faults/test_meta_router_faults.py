@@ -9,6 +9,7 @@ the meta-router call are both recorded.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from typing import Any
@@ -199,3 +200,30 @@ async def test_garbage_from_the_meta_router_is_never_followed(
     assert f"Decided by: local ({FALLBACK_TEXT[reason]})" in shown
     assert "gpt-9-ultra" not in shown  # the unknown name is not presented as a choice
     assert ollama_double.calls("/api/pull") == []
+
+
+async def test_an_oversized_answer_from_a_lax_compatible_server_is_cut_to_size(
+    slack_bot_factory, slack_double: SlackDouble, ollama_double, openai_double: OpenAIDouble
+) -> None:
+    # valid JSON, every field of the right type, but far longer than any router should write
+    # (a non-strict OpenAI-compatible server ignores max_tokens and the schema's spirit)
+    openai_double.push(
+        Reply.decision(
+            recommended_model="llama3.2:3b",
+            reasoning="because " * 20_000,
+            specializations_needed=["x" * 5000] * 50,
+            raw=True,
+        )
+    )
+    bot = await routed_bot(slack_bot_factory, openai_double)
+    ollama_double.reply = ANSWER
+    event = slack_double.mention("C1", "U1", "<@UBOT> fastest queue?")
+    await asyncio.wait_for(bot.ask(event), 20)  # before the fix, packing the footer never ended
+
+    ts = event["event"]["ts"]
+    assert slack_double.answer("C1", ts) == ANSWER
+    assert " · openai · " in slack_double.routing_line("C1", ts)
+    shown = await details(bot, slack_double, "C1", ts)
+    assert "Why: because because" in shown and len(shown) < 3000
+    requests, _ = await rows(bot)
+    assert len(str(requests[0].decision)) < 3000  # nor is the database asked to keep it all
