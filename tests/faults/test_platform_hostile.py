@@ -165,3 +165,26 @@ async def test_slack_route_with_hostile_input_shows_a_decision_from_the_inventor
     assert ollama_double.calls("/api/pull") == [] and ollama_double.calls("/api/chat") == []
     assert leaked(everything_slack_showed(slack_double)) == []
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+DISCORD_ROUTED = [h for h in ROUTED if h.id in ("binary", "choose-catalogued", "reveal")]
+
+
+@pytest.mark.parametrize("hostile", DISCORD_ROUTED, ids=[h.id for h in DISCORD_ROUTED])
+async def test_discord_route_with_hostile_input_shows_a_decision_from_the_inventory(
+    hostile: Hostile,
+    harness: Harness,  # noqa: F811
+    openai_double,
+) -> None:
+    double = harness.double
+    openai_double.responder = gullible_router
+    await harness.start()
+    routed = await double.slash("route", {"question": hostile.text}, person=double.person("Alice"))
+    await double.wait_for(lambda: routed.original and routed.original.get("content"))
+
+    shown = message_text(routed.original)
+    known = (await harness.app.service.inventory.snapshot()).names()
+    model = shown.removeprefix("**Routing:** ").split(" · ")[0]
+    assert model in known and model != "mistral:7b", shown
+    assert "Something went wrong" not in shown and leaked(shown) == []
+    assert harness.ollama.calls("/api/pull") == []
