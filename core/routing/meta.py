@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import openai
+from openai.types.chat import ChatCompletion
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.config import Settings
@@ -285,6 +286,10 @@ class MetaRouter:
             raise MetaRouterFailure(
                 "timeout", f"no answer within {self._settings.decision_timeout_s}s"
             ) from None
+        if not isinstance(completion, ChatCompletion):
+            # a 200 that is no API answer (a proxy's or captive portal's page): the library hands back
+            # the body as text; the API was not reached
+            raise MetaRouterFailure("api_error", "not an API response")
         latency_ms = (time.perf_counter() - started) * 1000
         usage, cost = self._cost(completion)
         decision = self._parse(completion, cost).model_copy(

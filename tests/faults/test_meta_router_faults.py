@@ -227,3 +227,37 @@ async def test_an_oversized_answer_from_a_lax_compatible_server_is_cut_to_size(
     assert "Why: because because" in shown and len(shown) < 3000
     requests, _ = await rows(bot)
     assert len(str(requests[0].decision)) < 3000  # nor is the database asked to keep it all
+
+
+@pytest.mark.parametrize(
+    ("reply", "reason", "calls"),
+    [
+        pytest.param(Reply.html_page(200), "api_error", 1, id="html-page-200"),
+        pytest.param(Reply.html_page(502), "api_error", 3, id="html-page-502"),
+        pytest.param(
+            Reply.http_error(401, "Incorrect API key provided: sk-test-***3456.", "invalid_api_key"),
+            "api_error",
+            1,
+            id="key-refused",
+        ),
+    ],
+)
+async def test_a_proxy_page_or_a_refused_key_falls_back_and_says_nothing_of_the_key(
+    reply: Reply,
+    reason: str,
+    calls: int,
+    slack_bot_factory,
+    slack_double: SlackDouble,
+    ollama_double,
+    openai_double: OpenAIDouble,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    openai_double.responder = lambda req: reply
+    bot = await routed_bot(slack_bot_factory, openai_double)
+
+    shown, _ = await ask_and_check(bot, slack_double, ollama_double, reason)
+
+    assert openai_double.calls == calls
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []  # an expected outage
+    everything = "\n".join(str(c.args) for c in slack_double.api_calls)
+    assert "sk-test" not in everything and "nginx" not in everything and "Bad Gateway" not in shown
