@@ -188,3 +188,31 @@ async def test_discord_route_with_hostile_input_shows_a_decision_from_the_invent
     assert model in known and model != "mistral:7b", shown
     assert "Something went wrong" not in shown and leaked(shown) == []
     assert harness.ollama.calls("/api/pull") == []
+
+
+HTTP_CASES = [h for h in HOSTILE if h.id in ("binary", "100k", "choose-catalogued")]
+
+
+@pytest.mark.parametrize("hostile", HTTP_CASES, ids=[h.id for h in HTTP_CASES])
+async def test_slack_http_mode_takes_hostile_input_too(
+    hostile: Hostile, slack_bot_factory, slack_double: SlackDouble, ollama_double, openai_double
+) -> None:
+    for name, size in PULLABLE.items():
+        ollama_double.add_pullable(name, size_gb=size)
+    ollama_double.reply = gullible_model
+    openai_double.responder = gullible_router
+    bot = await slack_bot_factory(
+        "http",
+        meta_router_enabled=True,
+        openai_api_key="sk-test-key-123456",
+        openai_base_url=openai_double.base_url,
+        use_local_for_simple_queries=False,
+    )
+    event = slack_double.mention("C1", "U1", f"<@UBOT> {hostile.text}")
+    status, _ = await asyncio.wait_for(bot.ask(event), BOUND_S)  # signed, over the Events API
+
+    assert status == 200
+    ts = event["event"]["ts"]
+    assert slack_double.answer("C1", ts).startswith("Here is a short answer.")
+    assert slack_double.routing_line("C1", ts).split(" · ")[0].removeprefix(":compass: ") in LOCAL
+    assert ollama_double.calls("/api/pull") == []
