@@ -261,3 +261,29 @@ async def test_a_proxy_page_or_a_refused_key_falls_back_and_says_nothing_of_the_
     assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []  # an expected outage
     everything = "\n".join(str(c.args) for c in slack_double.api_calls)
     assert "sk-test" not in everything and "nginx" not in everything and "Bad Gateway" not in shown
+
+
+async def test_a_named_model_is_followed_when_it_is_local_and_never_downloaded_when_it_is_not(
+    slack_bot_factory, slack_double: SlackDouble, ollama_double, openai_double: OpenAIDouble
+) -> None:
+    ollama_double.add_pullable("mistral:7b", size_gb=4.1)
+    openai_double.push(
+        Reply.decision(recommended_model="qwen2.5-coder:7b", confidence=0.9),
+        Reply.decision(recommended_model="mistral:7b", download_if_needed=True, confidence=0.9),
+        Reply.decision(recommended_model="mistral:7b", download_if_needed=True, confidence=0.9),
+    )
+    bot = await routed_bot(slack_bot_factory, openai_double, cache_decisions=False)
+    ollama_double.reply = ANSWER
+    asked = [
+        slack_double.mention("C1", "U1", "<@UBOT> answer with qwen2.5-coder:7b please: what is a deque?"),
+        slack_double.mention("C1", "U1", "<@UBOT> answer with Mistral please: what is a deque?"),
+        slack_double.mention("C1", "U2", "<@UBOT> what is a deque in python?"),  # names no model
+    ]
+    for event in asked:
+        await bot.ask(event)
+
+    lines = [slack_double.routing_line("C1", e["event"]["ts"]) for e in asked]
+    assert " · openai · " in lines[0] and "qwen2.5-coder:7b" in lines[0]  # local: asking for it is fine
+    assert " · local · " in lines[1] and lines[1].endswith(FALLBACK_TEXT["invalid_response"])
+    assert "mistral:7b · " in lines[2] and " · openai · " in lines[2]  # the router's own choice is pulled
+    assert len(ollama_double.calls("/api/pull")) == 1
