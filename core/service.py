@@ -217,7 +217,7 @@ class ChatService:
 
         incomplete = error is not None and bool(text)
         answer = FinalAnswer(
-            text=guard.show(text),
+            text=guard.show(text, final=True),
             decision=decision,
             answer_id=answer_id,
             stats=stats,

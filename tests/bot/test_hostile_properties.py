@@ -259,10 +259,13 @@ def test_a_model_reciting_its_instructions_amid_hostile_text_never_shows_them(
 ) -> None:
     recited = f"{before}\n{DEFAULT_SYSTEM_PROMPT}\n{after}"
     guard = GUARD.stream()
-    shown = [guard.show(recited[:i]) for i in range(piece, len(recited) + piece, piece)]
+    shown = [guard.show(recited[:i]) for i in range(piece, len(recited), piece)]
+    shown.append(guard.show(recited, final=True))
     assert leaked(shown[-1]) == []
     assert all(leaked(s) == [] for s in shown[:-1])  # not even while it streams
-    assert GUARD.stream().show(before) == before or leaked(before)  # innocent text is left alone
+    assert not any("metarouter, a helpful" in " ".join(s.lower().split()) for s in shown)  # nor half of one
+    assert all(b.startswith(a) for a, b in zip(shown, shown[1:], strict=False))  # what was shown stays
+    assert GUARD.stream().show(before, final=True) == before or leaked(before)  # innocent text stays
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -14,9 +14,10 @@ PROMPT = (
 
 
 def stream(guard: PromptGuard, text: str, piece: int = 3) -> list[str]:
-    """What the chat shows after each piece of `text` arrives."""
+    """What the chat shows after each piece of `text` arrives, the last one final."""
     g = guard.stream()
-    return [g.show(text[:i]) for i in range(piece, len(text) + piece, piece)]
+    ends = list(range(piece, len(text), piece))
+    return [g.show(text[:i]) for i in ends] + [g.show(text, final=True)]
 
 
 def test_a_quoted_instruction_is_withheld_at_every_step_of_the_stream() -> None:
@@ -42,3 +43,20 @@ def test_the_default_prompt_is_guarded_sentence_by_sentence() -> None:
     assert len(sentences) == 3
     g = PromptGuard(DEFAULT_SYSTEM_PROMPT).stream()
     assert g.show("Here: " + DEFAULT_SYSTEM_PROMPT) == "Here: " + " ".join([WITHHELD] * 3)
+
+
+def test_not_even_the_start_of_an_instruction_shows_while_it_streams() -> None:
+    g = PromptGuard(DEFAULT_SYSTEM_PROMPT).stream()
+    answer = "Sure. You are MetaRouter, a helpful assistant in a team chat. Done."
+    shown = [g.show(answer[:i]) for i in range(1, len(answer))] + [g.show(answer, final=True)]
+    assert not any("sure. you" in s.lower() for s in shown)  # not even the first word shows early
+    assert all(b.startswith(a) for a, b in zip(shown, shown[1:], strict=False))  # edits only grow
+    assert shown[-1] == f"Sure. {WITHHELD} Done."
+
+
+def test_a_start_that_turns_out_innocent_is_shown_once_it_does() -> None:
+    g = PromptGuard(DEFAULT_SYSTEM_PROMPT).stream()
+    answer = "You are right, that sorts in place. You are welcome"
+    shown = [g.show(answer[:i]) for i in range(1, len(answer) + 1)]
+    assert shown[answer.index(",") + 1].startswith("You are right,")  # held only while it was unclear
+    assert g.show(answer, final=True) == answer  # the end of an answer is never held back
