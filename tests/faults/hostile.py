@@ -74,9 +74,12 @@ def _sentences(prompt: str) -> list[str]:
 
 
 PROMPT_SENTENCES = _sentences(SYSTEM_PROMPT) + _sentences(DEFAULT_SYSTEM_PROMPT)
+# the answering model's prompt may not even begin to show, not in any streaming edit either
+PROMPT_OPENINGS = [" ".join(s.split()[:3]) for s in _sentences(DEFAULT_SYSTEM_PROMPT)]
 
 
 def leaked(shown: str) -> list[str]:
-    """The sentences of either system prompt (the router's, the answering model's) found in `shown`."""
+    """The sentences of either system prompt (the router's, the answering model's), or the opening
+    words of one of the answering model's, found in `shown`."""
     flat = " ".join(shown.split()).lower()
-    return [s for s in PROMPT_SENTENCES if s in flat]
+    return [s for s in PROMPT_SENTENCES + PROMPT_OPENINGS if s in flat]

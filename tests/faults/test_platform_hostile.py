@@ -36,6 +36,7 @@ async def slack_bot(slack_bot_factory, ollama_double, openai_double) -> SlackBot
     for name, size in PULLABLE.items():
         ollama_double.add_pullable(name, size_gb=size)
     ollama_double.reply = gullible_model
+    ollama_double.token_delay = 0.01  # streamed, so edits show the answer while it grows
     openai_double.responder = gullible_router
     return await slack_bot_factory(
         meta_router_enabled=True,
@@ -89,8 +90,9 @@ async def test_discord_hostile_input(hostile: Hostile, harness: Harness, openai_
     for name, size in PULLABLE.items():
         ollama.add_pullable(name, size_gb=size)
     ollama.reply = gullible_model
+    ollama.token_delay = 0.01
     openai.responder = gullible_router
-    await harness.start(max_question_chars=4000)
+    await harness.start(max_question_chars=4000, discord_edit_interval_s=0.1)
     alice = double.person("Alice")
 
     question = await double.post(double.general, alice, hostile.text, mention_bot=True, files=hostile.files)
