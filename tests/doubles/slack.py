@@ -188,10 +188,14 @@ class SlackDouble:
             except TimeoutError:
                 pass
 
-    async def drop_socket(self) -> None:
+    async def drop_socket(self, *, warn: bool = False) -> None:
         """Slack closes the Socket Mode connection (as it does on a deploy, or every few hours): the
-        app has to open a new one. Envelopes not yet acknowledged are never acknowledged."""
+        app has to open a new one. Envelopes not yet acknowledged are never acknowledged. With
+        `warn`, Slack first says so (`disconnect`, `refresh_requested`), as it does before a refresh."""
         for ws in [ws for ws in self._sockets if not ws.closed]:
+            if warn:
+                await ws.send_str(json.dumps({"type": "disconnect", "reason": "refresh_requested"}))
+                await asyncio.sleep(0.2)  # the app is meant to reconnect now, before the close
             await ws.close(code=1001, message=b"going away")
 
     # --- state ----------------------------------------------------------------------------------

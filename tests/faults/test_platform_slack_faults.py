@@ -7,6 +7,8 @@ import asyncio
 import time
 from collections.abc import Callable
 
+import pytest
+
 from tests.doubles.slack import SlackBot, SlackDouble
 
 
@@ -51,8 +53,9 @@ async def test_rate_limits_on_post_and_update_mid_answer_still_deliver_it_once(
     assert len(ollama_double.calls("/api/chat")) == 1
 
 
+@pytest.mark.parametrize("warn", [False, True], ids=["dropped", "refresh-requested"])
 async def test_a_dropped_socket_mid_answer_reconnects_finishes_and_ignores_the_redelivery(
-    slack_bot_factory, slack_double: SlackDouble, ollama_double
+    warn: bool, slack_bot_factory, slack_double: SlackDouble, ollama_double
 ) -> None:
     ollama_double.reply = " ".join(f"word{i}" for i in range(60))
     ollama_double.token_delay = 0.02  # about 1.2 s of streaming
@@ -62,7 +65,7 @@ async def test_a_dropped_socket_mid_answer_reconnects_finishes_and_ignores_the_r
     await slack_double.deliver(event)
     await until(lambda: "word" in slack_double.answer("C1", ts))  # streaming has begun
 
-    await slack_double.drop_socket()
+    await slack_double.drop_socket(warn=warn)
     await slack_double.wait_for_socket()  # the app opened a new connection by itself
     assert len(slack_double.calls("apps.connections.open")) >= 2
     # Slack did not see the first ack in time and delivers the event again on the new connection
