@@ -1,6 +1,12 @@
 """The terminal adapter: chat on stdin/stdout, the routing line after each answer, ratings by command.
 
 Used by `metarouter serve` when no platform credentials are set, and by `metarouter ask`.
+
+Admin: the console is the operator's own terminal, on the machine that runs the bot and its Ollama
+server, so whoever types here is the admin: they can pull or remove a model with `ollama` directly.
+The console therefore has no admin commands of its own (`/pull` and `/remove` are unknown here), and
+what is typed as a question is only ever a question: asking for a model in it pulls nothing, exactly
+as on Slack and Discord.
 """
 
 from __future__ import annotations

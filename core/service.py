@@ -20,6 +20,7 @@ from core.errors import GenerationError, MetaRouterError, StreamFailed
 from core.generation import Done, Fallback, Generator, Pulling, Queued, Retrying, Started, Token
 from core.inventory import InventoryService
 from core.privacy import local_only_for
+from core.prompt_guard import PromptGuard
 from core.ratelimit import MemoryRateLimiter, RateLimiter
 from core.routing.chain import RoutingChain
 from core.routing.memory import DecisionMemory
@@ -68,9 +69,13 @@ class ChatService:
         self.generator = generator
         self.store = store
         self.memory = memory
+        self.prompt_guard = PromptGuard(settings.system_prompt)
 
     async def route(self, req: RouteRequest) -> Decision:
         """The decision for a question, without generating anything (`/route`, `metarouter route`)."""
+        # `/route` and the CLI come here directly: invalid Unicode must not reach the cache key's hash
+        history = tuple(t.model_copy(update={"content": clean_text(t.content)}) for t in req.history)
+        req = req.model_copy(update={"query": clean_text(req.query), "history": history})
         if not req.local_only and local_only_for(self.settings, req.channel_id):
             req = req.model_copy(update={"local_only": True})
         inv = await self.inventory.snapshot()
@@ -179,6 +184,7 @@ class ChatService:
         text = ""
         above = ""  # what the user sees above this attempt: answers that broke off, each with a note
         broke: Retrying | None = None
+        guard = self.prompt_guard.stream()  # a model asked to recite its instructions must not show them
         notes = list(notes or [])
         answer_id: int | None = None
         stats: AnswerStats | None = None
@@ -215,7 +221,7 @@ class ChatService:
                         await self._record_messages(answer_id, msg, tracked, recorded)
                     case Token(text=piece):
                         text += piece
-                        await reply.stream(above + text)
+                        await reply.stream(guard.show(above + text))
                         await self._record_messages(answer_id, msg, tracked, recorded)
                     case Retrying():
                         # the broken-off answer stays, recorded as incomplete; the next one goes below it
@@ -241,7 +247,7 @@ class ChatService:
         text = above + text if text else above.rstrip()  # answers that broke off stay in view
         incomplete = error is not None and bool(text)
         answer = FinalAnswer(
-            text=text,
+            text=guard.show(text, final=True),
             decision=decision,
             answer_id=answer_id,
             stats=stats,

@@ -185,4 +185,22 @@ def _hard_cut(text: str, limit: int, head: str, opener: str, measure: Measure) -
     space = line.rfind(" ", 0, n)
     if not fence and space >= n // 2:
         n = space + 1
+    if not fence:
+        n = _off_fence_run(line, n, lo)
     return Cut(_close(head + line[:n].rstrip(" "), fence), n, fence)
+
+
+_RUN_AHEAD = re.compile(r" {0,3}(`{3,}|~{3,})")
+
+
+def _off_fence_run(line: str, n: int, most: int) -> int:
+    """A cut that does not leave the next piece starting with three backticks or tildes, which would
+    read as a code fence: inside the run instead, when the run fits."""
+    m = _RUN_AHEAD.match(line, n)
+    if m is None:
+        return n
+    if m.end() - 2 <= most:
+        return m.end() - 2  # the next piece starts with two of them: plain text
+    # before it, taking one character along: led by it, the run is text, and is cut in the next piece
+    before = len(line[:n].rstrip(" `~")) - 1
+    return before if before > 0 else n  # a run longer than a whole message cannot be helped

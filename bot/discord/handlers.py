@@ -49,7 +49,7 @@ async def on_message(adapter: DiscordAdapter, message: discord.Message) -> None:
 
 async def answer_message(adapter: DiscordAdapter, message: discord.Message, me: discord.ClientUser) -> None:
     question = translate.plain_text(message, me)
-    if not question:
+    if not question and not message.attachments:  # a file alone gets the core's note on attachments
         await _quietly(message.reply(EMPTY_QUESTION, allowed_mentions=render.NO_MENTIONS))
         return
     channel: discord.abc.Messageable = message.channel

@@ -33,7 +33,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.common.splitting import split_text
 from bot.http import HttpServer
 from bot.slack import render, translate
-from bot.slack.reply import SlackReply, render_text
+from bot.slack.reply import SlackReply, render_text, retry_after
 from core.config import Settings
 from core.errors import ConfigError, MetaRouterError
 from core.privacy import local_only_for
@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 EVENTS_PATH = "/slack/events"
 PULL_PROGRESS_EVERY_S = 5.0
 PULL_PROGRESS_MAX = 3  # a response_url takes 5 messages: progress, then the result
+READ_ATTEMPTS = 4  # reading a thread that Slack rate-limits (Tier 3: about 50 a minute) ...
+READ_MAX_WAIT_S = 30.0  # ... is waited out, within reason, rather than failing the question
 
 
 # Slack's answers to a token it will never accept: a configuration error, not an outage.
@@ -452,8 +454,8 @@ class SlackAdapter:
         messages: list[dict[str, Any]] = []
         cursor: str | None = None
         while True:
-            resp = await self.client.conversations_replies(
-                channel=channel, ts=thread_ts, cursor=cursor, limit=200
+            resp = await self._read(
+                self.client.conversations_replies, channel=channel, ts=thread_ts, cursor=cursor, limit=200
             )
             page = resp.get("messages") or []
             messages += page
@@ -464,6 +466,18 @@ class SlackAdapter:
                 or (until and page and float(page[-1]["ts"]) >= float(until))
             ):
                 return messages
+
+    @staticmethod
+    async def _read(method: Callable[..., Awaitable[Any]], **kwargs: Any) -> Any:
+        """A Web API read, retried after a 429 as Slack asks (the client library retries none)."""
+        for attempt in range(1, READ_ATTEMPTS + 1):
+            try:
+                return await method(**kwargs)
+            except SlackApiError as exc:
+                if exc.response.status_code != 429 or attempt == READ_ATTEMPTS:
+                    raise
+                await asyncio.sleep(min(retry_after(exc.response.headers), READ_MAX_WAIT_S))
+        raise AssertionError("unreachable")
 
     async def _history(
         self, channel: str, thread_ts: str, *, before_ts: str | None, also: list[translate.Question]

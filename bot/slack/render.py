@@ -132,10 +132,15 @@ def satisfaction_line(stats: ModelStats | None) -> str:
 def button_value(data: dict[str, Any], shrink: Callable[[dict[str, Any], int], None]) -> str:
     """`data` as a button value within Slack's 2,000 characters; `shrink(data, n)` drops about n
     characters of its free text when it is too long."""
+    last = None
     while True:
         text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
         if len(text) <= VALUE_CHARS:
             return text
+        if last is not None and len(text) >= last:
+            # nothing left to shrink: a loop here would freeze the whole bot
+            raise ValueError("button value cannot be made to fit")
+        last = len(text)
         shrink(data, len(text) - VALUE_CHARS)
 
 
@@ -147,11 +152,15 @@ def pack_footer(f: Footer) -> str:
     """The footer's data in a button value: expanding the routing details needs no database."""
     packed = {"d": f.decision.with_votes(), "q": f.question_ts, "r": f.rerun}
 
-    def shrink(data: dict[str, Any], n: int) -> None:  # the reasoning is free text; then the votes go
-        if len(data["d"]["reasoning"]) > 1:
-            data["d"]["reasoning"] = _cut(data["d"]["reasoning"], n)
-        else:
-            data["d"]["votes"] = data["d"]["votes"][:-1]
+    def shrink(data: dict[str, Any], n: int) -> None:
+        # the reasoning is free text, so it goes first; then the votes, then the specialisations
+        d = data["d"]
+        if len(d["reasoning"]) > 1:
+            d["reasoning"] = _cut(d["reasoning"], n)
+        elif d["votes"]:
+            d["votes"] = d["votes"][:-1]
+        elif d["specializations_needed"]:
+            d["specializations_needed"].pop()
 
     return button_value(packed, shrink)
 

@@ -65,13 +65,14 @@ class SlackTransport:
             return await method(**kwargs)
         except SlackApiError as exc:
             if exc.response.status_code == 429:
-                raise RetryLater(_retry_after(exc.response.headers)) from None
+                raise RetryLater(retry_after(exc.response.headers)) from None
             if exc.response.get("error") in _GONE:
                 raise MessageGone(str(exc.response.get("error"))) from None
             raise
 
 
-def _retry_after(headers: Any) -> float:
+def retry_after(headers: Any) -> float:
+    """Seconds Slack asked to wait after a 429 (1 s when it did not say)."""
     for key in ("Retry-After", "retry-after"):
         try:
             return float(headers[key])

@@ -7,6 +7,7 @@ meta-router was not asked or not followed (CONTRACT.md lists the reasons).
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import Callable
@@ -165,6 +166,10 @@ class RoutingChain:
         outcome: FallbackReason | None = None
         if chosen is None:
             outcome = "unknown_model"
+        elif not chosen.local and _named_in(req, chosen.name):
+            # A download of the very model the message names is the router obeying the message
+            # (prompt injection) or a person choosing a download: neither may fetch gigabytes.
+            outcome = "invalid_response"
         elif meta.confidence < s.confidence_threshold:
             outcome = "low_confidence"
         await self._record(outcome or "ok", result.cost_usd, started, meta.votes)
@@ -247,6 +252,13 @@ class RoutingChain:
             await self._cache.put(key, decision)
         except Exception as exc:
             log.warning("decision cache unavailable (%s)", type(exc).__name__)
+
+
+def _named_in(req: RouteRequest, model: str) -> bool:
+    """Whether the question or its thread names `model` ("mistral:7b", or just "mistral")."""
+    family = re.escape(model.split(":", 1)[0])  # "llama3.1" but not "llama3.10" or "llama3.1-instruct"
+    pattern = re.compile(rf"(?<![\w.-]){family}(?![\w-]|\.\w)", re.I)
+    return any(pattern.search(text) for text in (req.query, *(t.content for t in req.history)))
 
 
 def _conform(

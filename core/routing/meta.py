@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import openai
+from openai.types.chat import ChatCompletion
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.config import MetaRouterSpec, Settings
@@ -48,6 +49,10 @@ SHORT_QUERY_WORDS = 8  # "and in Rust?" is a follow-up; a full question stands o
 MAX_ATTEMPTS = 3
 MAX_ANSWER_TOKENS = 400
 WITHHELD = "(The router's explanation was withheld.)"
+# what a decision may carry from the router: a lax compatible server ignores max_tokens
+REASONING_CHARS = 600
+SPECIALIZATIONS = 8
+SPECIALIZATION_CHARS = 40
 
 
 class MetaCallFailure(MetaRouterFailure):
@@ -348,6 +353,10 @@ class MetaRouter:
             raise MetaRouterFailure(
                 "timeout", f"no answer within {self._settings.decision_timeout_s}s"
             ) from None
+        if not isinstance(completion, ChatCompletion):
+            # a 200 that is no API answer (a proxy's or captive portal's page): the library hands back
+            # the body as text; the API was not reached
+            raise MetaRouterFailure("api_error", "not an API response")
         latency_ms = (time.perf_counter() - started) * 1000
         usage, cost = self._cost(completion)
         decision = self._parse(completion, cost).model_copy(
@@ -428,7 +437,13 @@ class MetaRouter:
         if _echoes_prompt(answer.reasoning):
             # a question that talked the router into quoting its instructions: the user sees the reasoning
             answer = answer.model_copy(update={"reasoning": WITHHELD})
-        return Decision(**answer.model_dump(), source="openai")
+        bounded = {
+            "reasoning": clip(answer.reasoning, REASONING_CHARS),
+            "specializations_needed": [
+                clip(x, SPECIALIZATION_CHARS) for x in answer.specializations_needed[:SPECIALIZATIONS]
+            ],
+        }
+        return Decision(**(answer.model_dump() | bounded), source="openai")
 
 
 _PROMPT_PHRASES = tuple(

@@ -313,11 +313,18 @@ class DiscordDouble:
         mention_bot: bool = False,
         reply_to: str | None = None,
         embeds: list[dict[str, Any]] | None = None,
+        files: tuple[str, ...] = (),
     ) -> dict[str, Any]:
-        """A message that exists in the channel without the bot having been told (history)."""
+        """A message that exists in the channel without the bot having been told (history).
+        `files` names attachments (their content is never served)."""
         if mention_bot and f"<@{self.bot['id']}>" not in content:
             content = f"<@{self.bot['id']}> {content}"
         msg = self._message(channel_id, author, content, reply_to=reply_to, embeds=embeds)
+        for name in files:
+            aid = snowflake()
+            url = f"{self.api_url}/attachments/{aid}/{name}"
+            attachment = {"id": aid, "filename": name, "size": 1234, "url": url, "proxy_url": url}
+            msg["attachments"].append(attachment)
         mentioned = set(re.findall(r"<@!?(\d+)>", content))
         msg["mentions"] = [_public(self.users[u]) for u in mentioned if u in self.users]
         msg["mention_roles"] = [r for r in re.findall(r"<@&(\d+)>", content)]
@@ -486,6 +493,13 @@ class DiscordDouble:
         ws, self._ws = self._ws, None
         if ws is not None:
             await ws.send_str(json.dumps({"op": 7, "d": None, "s": None, "t": None}))
+
+    async def drop(self, code: int = 4000) -> None:
+        """The connection breaks without a word from the gateway (a network blip, a gateway restart):
+        the client has to notice, reconnect and RESUME; dispatches meanwhile wait in the log."""
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            await ws.close(code=code, message=b"connection lost")
 
     def replay_from(self, seq: int) -> None:
         """On the next RESUME replay from `seq` (inclusive) instead of after the client's sequence,

@@ -75,6 +75,7 @@ class Reply:
     delay_s: float = 0.0
     model: str = "gpt-4o-mini-2024-07-18"
     raw: bool = False  # send content unchecked, as a non-strict compatible server might
+    page: str | None = None  # an HTML page instead of any API answer (a proxy or captive portal)
 
     @classmethod
     def decision(cls, **fields: Any) -> Reply:
@@ -103,6 +104,11 @@ class Reply:
     @classmethod
     def refused(cls) -> Reply:
         return cls(content=None, refusal="I'm sorry, I can't help with that.")
+
+    @classmethod
+    def html_page(cls, status: int = 200) -> Reply:
+        """What a proxy in front of the API sends when the API is not what answers."""
+        return cls(status=status, page="<html><body><h1>Bad Gateway</h1>nginx</body></html>")
 
     @classmethod
     def rate_limited(cls, retry_after: str | None = "1") -> Reply:
@@ -217,6 +223,8 @@ class OpenAIDouble:
                 await asyncio.wait_for(self._closing.wait(), reply.delay_s)
             except TimeoutError:
                 pass
+        if reply.page is not None:
+            return web.Response(text=reply.page, status=reply.status, content_type="text/html")
         if reply.status != 200:
             return _error(reply.status, **_unpack(reply.error), headers=reply.headers)
 

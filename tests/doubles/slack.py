@@ -5,7 +5,7 @@ A real aiohttp server on 127.0.0.1 that plays Slack for the unmodified slack-sdk
   (3,000 characters per section block, 4,000 per message text, 50 blocks) and failures injectable
   (`fail("chat.update", status=429, retry_after=1)`);
 - Socket Mode: `apps.connections.open` hands out a `ws://` URL; `deliver()` sends envelopes over it
-  and waits for the app's ack;
+  and waits for the app's ack; `drop_socket()` closes the connection from Slack's side;
 - HTTP mode: `deliver()` POSTs signed requests to `events_url` when no socket is connected;
 - `response_url`s, whose messages (ephemeral replies) land in `responses`.
 
@@ -187,6 +187,16 @@ class SlackDouble:
                 await asyncio.wait_for(self._socket_changed.wait(), 0.05)
             except TimeoutError:
                 pass
+
+    async def drop_socket(self, *, warn: bool = False) -> None:
+        """Slack closes the Socket Mode connection (as it does on a deploy, or every few hours): the
+        app has to open a new one. Envelopes not yet acknowledged are never acknowledged. With
+        `warn`, Slack first says so (`disconnect`, `refresh_requested`), as it does before a refresh."""
+        for ws in [ws for ws in self._sockets if not ws.closed]:
+            if warn:
+                await ws.send_str(json.dumps({"type": "disconnect", "reason": "refresh_requested"}))
+                await asyncio.sleep(0.2)  # the app is meant to reconnect now, before the close
+            await ws.close(code=1001, message=b"going away")
 
     # --- state ----------------------------------------------------------------------------------
     def add_user(self, user_id: str, display_name: str, *, is_bot: bool = False) -> None:
