@@ -10,6 +10,7 @@ from core.generation import Generator
 from core.inventory import InventoryService, load_catalog
 from core.routing.cache import DecisionCache
 from core.routing.chain import MemoryLedger, RoutingChain
+from core.routing.distill import sync_router
 from core.routing.local import LocalRouter
 from core.routing.meta import MetaRouter
 from core.service import ChatService
@@ -46,6 +47,11 @@ async def build_app(settings: Settings, *, use_cache: bool = True, database: boo
         settings, settings.hosts, store.model_stats if store is not None else None, load_catalog()
     )
     local = LocalRouter.load()
+    if store is not None:
+        try:
+            await sync_router(store, local)
+        except Exception:  # the shipped model answers as well as ever meanwhile
+            log.warning("cannot read the active local router version; using the shipped one", exc_info=True)
     meta = MetaRouter(settings) if settings.meta_router_enabled and settings.openai_api_key else None
     cache = DecisionCache(settings) if settings.cache_decisions and use_cache else None
     chain = RoutingChain(settings, local=local, meta=meta, cache=cache, ledger=store or MemoryLedger())

@@ -79,6 +79,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("--png", metavar="FILE", help="also write the chart to FILE")
 
+    tr = sub.add_parser(
+        "train-router",
+        help="retrain the local router on the meta-router's stored decisions",
+        description="Retrains the offline router from the shipped examples plus the meta-router's "
+        "stored decisions, validates on held-back examples and installs the result only when it is not "
+        "worse. Versions live in the database; every running bot switches to the active one.",
+    )
+    what = tr.add_mutually_exclusive_group()
+    what.add_argument("--dry-run", action="store_true", help="train and report; install nothing")
+    what.add_argument("--list", action="store_true", help="list the versions and which is active")
+    what.add_argument(
+        "--rollback",
+        nargs="?",
+        type=int,
+        const="previous",
+        metavar="VERSION",
+        help="activate VERSION (0: the shipped model), or the one before the active version",
+    )
+
     db = sub.add_parser("db", help="database maintenance", description="Database maintenance.")
     dbsub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
     dbsub.add_parser("upgrade", help="apply the migrations to DATABASE_URL")
@@ -137,6 +156,13 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.command == "report":
         return await _report(settings, args.since, args.png)
+
+    if args.command == "train-router":
+        from bot.train_router import train_router_command
+
+        return await train_router_command(
+            settings, dry_run=args.dry_run, list_=args.list, rollback=args.rollback
+        )
 
     app = await build_app(settings, use_cache=False)
     try:
