@@ -235,9 +235,9 @@ async def train_router(
 
     directory: Path = settings.train_router_examples or EXAMPLES_DIR
     shipped = await asyncio.to_thread(load_examples, directory)
-    # Refitting the thread mixing weights costs more than the classifiers and they hardly move: they
-    # say how far to trust a short follow-up over its thread, on probabilities that every training
-    # calibrates anew. So a retrained model keeps the shipped model's.
+    # The thread mixing weights are fitted on the shipped thread examples, which stored decisions do
+    # not add to, and they act on probabilities that every training calibrates anew (the blend
+    # temperature): a retrained model keeps the shipped model's and saves their slow refit.
     thread = (await asyncio.to_thread(TrainedModel.load, DEFAULT_ARTIFACT)).thread
     versions = await store.router_versions()
     active = next((v for v in versions if v.active), None)
