@@ -8,6 +8,7 @@ slice play the meta-router's stored decisions (correct, or deliberately wrong fo
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -230,3 +231,39 @@ def test_a_model_survives_bytes() -> None:
     again = TrainedModel.from_bytes(model.to_bytes())
     np.testing.assert_array_equal(again.lex_weights, model.lex_weights)
     assert again.info == model.info
+
+
+async def test_a_running_router_picks_up_a_version_another_replica_activates(db_url: str) -> None:
+    import asyncio
+
+    from core.routing.distill import watch_router
+
+    here, there = await _store(db_url), await _store(db_url)
+    router = LocalRouter.load()
+    shipped = router.model
+    watcher = asyncio.create_task(watch_router(here, router, 0.05))
+    try:
+        other = replace(shipped, temperature=shipped.temperature * 3)  # flatter probabilities
+        version = await there.add_router_version(
+            artifact=other.to_bytes(), metrics={}, examples=1, decisions=1, last_request_id=0, keep=5
+        )
+        for _ in range(100):
+            if router.version == version:
+                break
+            await asyncio.sleep(0.05)
+        assert router.version == version
+        question = "Write a haiku about autumn rain."
+        assert (
+            router.classify(question).confidence
+            < LocalRouter(router.encoder, shipped).classify(question).confidence
+        )
+        assert await there.activate_router_version(0)
+        for _ in range(100):
+            if router.version == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert router.model is shipped
+    finally:
+        watcher.cancel()
+        await here.close()
+        await there.close()
