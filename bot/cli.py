@@ -29,6 +29,19 @@ it is slow, rate-limited or unsure, an offline router decides. Settings come fro
 and an optional TOML file (METAROUTER_CONFIG); see README.md."""
 
 
+PREVIOUS = -1  # `--rollback` without a version: the one before the active version
+
+
+def _version(text: str) -> int:
+    try:
+        version = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a version number") from None
+    if version < 0:
+        raise argparse.ArgumentTypeError("versions are 0 (the shipped model) or more")
+    return version
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="metarouter", description=DESCRIPTION)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -92,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument(
         "--rollback",
         nargs="?",
-        type=int,
-        const="previous",
+        type=_version,
+        const=PREVIOUS,
         metavar="VERSION",
         help="activate VERSION (0: the shipped model), or the one before the active version",
     )

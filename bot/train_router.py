@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from typing import Literal
 
 from core.config import Settings
 from core.routing.distill import Scores, TrainReport, train_router
@@ -14,11 +13,9 @@ PARTS = (("all", "held back"), ("shipped", "  shipped examples"), ("decisions", 
 
 
 async def train_router_command(
-    settings: Settings, *, dry_run: bool, list_: bool, rollback: int | Literal["previous"] | None
+    settings: Settings, *, dry_run: bool, list_: bool, rollback: int | None
 ) -> int:
-    if isinstance(rollback, int) and rollback < 0:
-        print(f"metarouter train-router: --rollback {rollback}: versions are 0 or more", file=sys.stderr)
-        return 2
+    """`rollback` is a version, -1 for the one before the active version, or None."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     await upgrade_database(settings.db_url)
     store = Store(create_engine(settings.db_url), store_question_text=settings.store_question_text)
@@ -35,10 +32,10 @@ async def train_router_command(
     return 0
 
 
-async def _rollback(store: Store, target: int | Literal["previous"]) -> int:
+async def _rollback(store: Store, target: int) -> int:
     versions = await store.router_versions()
     active = next((v.id for v in versions if v.active), 0)
-    if target == "previous":
+    if target < 0:
         if active == 0:
             print("metarouter train-router: the shipped model (version 0) is active: nothing to roll back to")
             return 1

@@ -79,6 +79,8 @@ class TrainReport:
     current: dict[str, Scores] = field(default_factory=dict)  # held-back part -> scores
     candidate: dict[str, Scores] = field(default_factory=dict)
     train_s: float = 0.0
+    # the two validated models (trained without the held-back rows), for benchmarks to score further
+    models: dict[str, TrainedModel] = field(default_factory=dict, repr=False)
 
     def metrics(self) -> dict[str, Any]:
         return {
@@ -186,8 +188,8 @@ def _train_and_validate(
         )
         return replace(model, thread=data.thread)
 
-    current = evaluate(fit(ship_train + old_train))
-    candidate = evaluate(fit(ship_train + old_train + new_train))
+    models = {"current": fit(ship_train + old_train), "candidate": fit(ship_train + old_train + new_train)}
+    current, candidate = evaluate(models["current"]), evaluate(models["candidate"])
     worse = candidate["all"].macro_f1 < current["all"].macro_f1
     shipped_drop = current["shipped"].macro_f1 - candidate["shipped"].macro_f1
     if worse:
@@ -215,6 +217,7 @@ def _train_and_validate(
         current=current,
         candidate=candidate,
         train_s=time.perf_counter() - started,
+        models=models,
     )
     return report, artifact
 

@@ -80,7 +80,7 @@ async def test_train_list_and_roll_back(env: dict[str, str], db_url: str) -> Non
     code, out, _ = await run(env, "train-router", "--list")
     listed = [line.split() for line in out.splitlines()[1:]]
     assert listed[0][:2] == ["*", "1"] and listed[0][-1] == "active"
-    assert listed[-1][1:3] == ["0", "shipped"] and listed[-1][-1] == "installed"
+    assert listed[-1][:2] == ["0", "shipped"] and listed[-1][-1] == "installed"
 
     code, out, err = await run(env, "train-router", "--rollback")
     assert code == 0, err
@@ -89,5 +89,7 @@ async def test_train_list_and_roll_back(env: dict[str, str], db_url: str) -> Non
     assert code == 1 and "nothing to roll back" in out
     code, out, err = await run(env, "train-router", "--rollback", "7")
     assert code == 2 and "no installed version 7" in err
+    code, out, err = await run(env, "train-router", "--rollback", "-1")
+    assert code == 2 and "versions are 0" in err
     code, out, err = await run(env, "train-router", "--rollback", "1")
     assert code == 0 and "version 1 is active (was 0)" in out
