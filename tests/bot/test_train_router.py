@@ -4,7 +4,6 @@ the listing, a dry run, an installation and rollbacks."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
@@ -14,8 +13,11 @@ from tests.bot.test_cli import run
 from tests.core.test_distill import STEP, _write_examples, load_examples
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The slice of examples, and one data directory: the feature cache there saves the second
+    database's run from embedding the same texts again."""
+    tmp_path = tmp_path_factory.mktemp("train-router")
     examples = load_examples()
     small = [e for t in QUERY_TYPES for e in [x for x in examples if x.label == t][:: STEP * 2]]
     directory = _write_examples(tmp_path / "examples", small)
