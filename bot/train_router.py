@@ -37,7 +37,10 @@ async def _rollback(store: Store, target: int) -> int:
     active = next((v.id for v in versions if v.active), 0)
     if target < 0:
         if active == 0:
-            print("metarouter train-router: the shipped model (version 0) is active: nothing to roll back to")
+            print(
+                "metarouter train-router: the shipped model (version 0) is active: nothing to roll back to",
+                file=sys.stderr,
+            )
             return 1
         target = next((v.id for v in versions if v.installed and v.id < active), 0)
     if not await store.activate_router_version(target):

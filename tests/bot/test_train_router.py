@@ -88,7 +88,7 @@ async def test_train_list_and_roll_back(env: dict[str, str], db_url: str) -> Non
     assert code == 0, err
     assert "version 0 is active (was 1)" in out
     code, out, err = await run(env, "train-router", "--rollback")
-    assert code == 1 and "nothing to roll back" in out
+    assert code == 1 and "nothing to roll back" in err
     code, out, err = await run(env, "train-router", "--rollback", "7")
     assert code == 2 and "no installed version 7" in err
     code, out, err = await run(env, "train-router", "--rollback", "-1")
