@@ -149,7 +149,9 @@ class RoutingChain:
         await self._record(outcome or "ok", result.cost_usd, started)
         if chosen is None or outcome is not None:
             log.info("meta-router not followed (%s); using the local router", outcome)
-            return _conform(local, inv, fallback_reason=outcome, cost_usd=result.cost_usd, disclosure=sent)
+            return _conform(
+                local, inv, fallback_reason=outcome, cost_usd=result.cost_usd, disclosure=sent
+            )
         followed = meta.model_copy(
             update={"recommended_model": chosen.name, "reasoning": note + meta.reasoning}
         )
