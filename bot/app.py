@@ -15,6 +15,7 @@ from core.generation import Generator
 from core.inventory import InventoryService, load_catalog
 from core.routing.cache import DecisionCache
 from core.routing.chain import MemoryLedger, RoutingChain
+from core.routing.distill import sync_router
 from core.routing.ensemble import Ensemble, build_meta_router
 from core.routing.local import LocalRouter
 from core.routing.memory import DecisionMemory
@@ -75,6 +76,11 @@ async def build_app(
     )
     inventory = InventoryService(settings, settings.hosts, stats, load_catalog())
     local = LocalRouter.load(exploration=Exploration.from_settings(settings))
+    if store is not None:
+        try:
+            await sync_router(store, local)
+        except Exception:  # the shipped model answers as well as ever meanwhile
+            log.warning("cannot read the active local router version; using the shipped one", exc_info=True)
     memory = DecisionMemory(settings, store, local.embedding) if store and settings.decision_memory else None
     meta = build_meta_router(settings, memory=memory)
     cache = DecisionCache(settings) if settings.cache_decisions and use_cache else None

@@ -29,6 +29,19 @@ it is slow, rate-limited or unsure, an offline router decides. Settings come fro
 and an optional TOML file (METAROUTER_CONFIG); see README.md."""
 
 
+PREVIOUS = -1  # `--rollback` without a version: the one before the active version
+
+
+def _version(text: str) -> int:
+    try:
+        version = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a version number") from None
+    if version < 0:
+        raise argparse.ArgumentTypeError("versions are 0 (the shipped model) or more")
+    return version
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="metarouter", description=DESCRIPTION)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -78,6 +91,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--since", default="7d", metavar="PERIOD", help="how far back: 30m, 12h, 7d, 2w (default 7d)"
     )
     rep.add_argument("--png", metavar="FILE", help="also write the chart to FILE")
+
+    tr = sub.add_parser(
+        "train-router",
+        help="retrain the local router on the meta-router's stored decisions",
+        description="Retrains the offline router from the shipped examples plus the meta-router's "
+        "stored decisions, validates on held-back examples and installs the result only when it is not "
+        "worse. Versions live in the database; every running bot switches to the active one.",
+    )
+    what = tr.add_mutually_exclusive_group()
+    what.add_argument("--dry-run", action="store_true", help="train and report; install nothing")
+    what.add_argument("--list", action="store_true", help="list the versions and which is active")
+    what.add_argument(
+        "--rollback",
+        nargs="?",
+        type=_version,
+        const=PREVIOUS,
+        metavar="VERSION",
+        help="activate VERSION (0: the shipped model), or the one before the active version",
+    )
 
     db = sub.add_parser("db", help="database maintenance", description="Database maintenance.")
     dbsub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
@@ -137,6 +169,13 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.command == "report":
         return await _report(settings, args.since, args.png)
+
+    if args.command == "train-router":
+        from bot.train_router import train_router_command
+
+        return await train_router_command(
+            settings, dry_run=args.dry_run, list_=args.list, rollback=args.rollback
+        )
 
     app = await build_app(settings, use_cache=False)
     try:

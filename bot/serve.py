@@ -14,6 +14,7 @@ from bot.http import HealthCheck, HealthInfo, HttpServer
 from core.config import Settings
 from core.metrics import Metrics
 from core.recovery import Notify, Recovery
+from core.routing.distill import watch_router
 from core.scheduling import JobCounters, Scheduler, build_jobs
 from core.store import UnfinishedAnswer
 
@@ -61,6 +62,12 @@ async def serve(settings: Settings) -> int:
     scheduler: Scheduler | None = None
     recovery: Recovery | None = None
     started: list[Adapter] = []
+    watcher: asyncio.Task[None] | None = None
+    if app.store is not None and settings.router_reload_s > 0:
+        # another replica's nightly run, or `metarouter train-router`, may activate a new version
+        watcher = asyncio.create_task(
+            watch_router(app.store, app.local_router, settings.router_reload_s), name="router-versions"
+        )
     try:
         await _start_http(http, slack_http=bool(settings.slack_bot_token and not settings.slack_app_token))
         for adapter in adapters:
@@ -80,6 +87,7 @@ async def serve(settings: Settings) -> int:
                 inventory=svc.inventory,
                 generator=svc.generator,
                 sinks=sinks,  # type: ignore[arg-type]
+                router=app.local_router,
             )
             scheduler = Scheduler(
                 app.store,
@@ -95,6 +103,8 @@ async def serve(settings: Settings) -> int:
         else:
             await _console(app, stop)
     finally:
+        if watcher is not None:
+            watcher.cancel()
         # together, so two busy platforms (and a job mid-run) still finish within the contract's 30 s
         closing = [a.close(grace_s=DRAIN_S) for a in started]
         if scheduler is not None:

@@ -287,6 +287,13 @@ class Settings(BaseSettings):
     forecast_halflife_days: float = Field(14.0, gt=0)
     evict_enabled: bool = False
     prewarm_cron: str = ""  # e.g. "45 8 * * 1-5"; empty: no pre-warming
+    # --- the distilled local router (core/routing/distill.py) --------------------------------------
+    train_router_cron: str = "30 3 * * *"  # empty: no nightly retraining
+    train_router_min_new: int = Field(50, ge=1)  # new labelled decisions since the last run, to retrain
+    train_router_keep: int = Field(10, ge=1)  # runs kept in the database (the active one always)
+    train_router_hidden: int = Field(256, ge=0, le=4096)  # hidden units; 0: logistic regression (faster)
+    train_router_examples: Path | None = None  # {type}.jsonl + threads.jsonl; default: the shipped ones
+    router_reload_s: float = Field(60.0, ge=0)  # how often serve looks for a newly activated version
 
     @field_validator("report_channels")
     @classmethod
@@ -297,7 +304,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"{c!r} must be slack:CHANNEL_ID or discord:CHANNEL_ID")
         return v
 
-    @field_validator("report_cron", "prepull_cron", "prewarm_cron")
+    @field_validator("report_cron", "prepull_cron", "prewarm_cron", "train_router_cron")
     @classmethod
     def _cron(cls, v: str) -> str:
         # only the shape here: parsing needs APScheduler, which `route`'s cold start must not import;

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from core.config import Settings
     from core.generation import Generator
     from core.inventory import InventoryService
+    from core.routing.local import LocalRouter
     from core.store import Store
 
 log = logging.getLogger(__name__)
@@ -256,6 +257,7 @@ def build_jobs(
     inventory: InventoryService,
     generator: Generator,
     sinks: Mapping[str, ReportSink],
+    router: LocalRouter | None = None,
 ) -> list[Job]:
     """The jobs the settings ask for, as plain async functions over the app's parts."""
     from core.forecast import PrePuller
@@ -282,6 +284,16 @@ def build_jobs(
             await post_report(settings, store, sinks)
 
         jobs.append(Job("report", settings.report_cron, report, setting="report_cron"))
+    if settings.train_router_cron:
+
+        async def train_router() -> None:
+            from core.routing.distill import nightly
+
+            await nightly(settings, store, router)
+
+        jobs.append(
+            Job("train_router", settings.train_router_cron, train_router, setting="train_router_cron")
+        )
     return jobs
 
 

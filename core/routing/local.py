@@ -15,6 +15,7 @@ own thread examples (core/data/router_examples/threads.jsonl).
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import math
 import re
@@ -207,7 +208,8 @@ class TrainedModel:
         """Calibrated probabilities for one text, given its embedding + form features."""
         return self.blend(self.dense_logits(features[None, :])[0], self.lexical_logits(text))
 
-    def save(self, path: Path) -> None:
+    def to_bytes(self) -> bytes:
+        """The model as npz bytes: the artifact file's content, and what the database stores."""
         arrays: dict[str, np.ndarray] = {
             "labels": np.array(self.labels),
             "mean": self.mean,
@@ -227,17 +229,26 @@ class TrainedModel:
         for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
             arrays[f"w{i}"] = w.astype(np.float32)
             arrays[f"b{i}"] = b.astype(np.float32)
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **arrays)
+        return buffer.getvalue()
+
+    def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as fh:  # np.savez would append ".npz" to a name without it
-            np.savez_compressed(fh, **arrays)
+        path.write_bytes(self.to_bytes())
 
     @classmethod
     def load(cls, path: Path) -> TrainedModel:
-        with np.load(path, allow_pickle=False) as z:
+        return cls.from_bytes(Path(path).read_bytes(), str(path))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, name: str = "artifact") -> TrainedModel:
+        """The model from npz bytes (a file's, or a version stored in the database)."""
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
             layers = int(z["layers"])
             labels = tuple(str(x) for x in z["labels"])
             if labels != QUERY_TYPES:
-                raise ValueError(f"{path}: labels {labels} are not the query types {QUERY_TYPES}")
+                raise ValueError(f"{name}: labels {labels} are not the query types {QUERY_TYPES}")
             return cls(
                 labels=labels,  # type: ignore[arg-type]
                 mean=z["mean"].astype(np.float32),
@@ -478,12 +489,29 @@ class LocalRouter:
     """Offline routing: `classify` a question (with its thread), then `select_model` from the inventory."""
 
     def __init__(
-        self, encoder: MiniLMEncoder, model: TrainedModel, *, exploration: Exploration | None = None
+        self,
+        encoder: MiniLMEncoder,
+        model: TrainedModel,
+        version: int = 0,
+        *,
+        exploration: Exploration | None = None,
     ) -> None:
         self.encoder = encoder
-        self.model = model
         self.exploration = exploration
-        self._cache = _LRU(512)
+        # the model and the cache of its reads change together (one assignment), so a question
+        # classified during a switch never files one model's probabilities under the other
+        self._state = (model, _LRU(512))
+        self.version = version  # 0: the shipped artifact; else the database version in use
+        self.shipped = model if version == 0 else None  # kept for a rollback to version 0
+
+    @property
+    def model(self) -> TrainedModel:
+        return self._state[0]
+
+    def use(self, model: TrainedModel, version: int) -> None:
+        """Switch to another trained model (a newly activated version) without a restart."""
+        self._state = (model, _LRU(512))
+        self.version = version
 
     @classmethod
     def load(
@@ -508,7 +536,7 @@ class LocalRouter:
 
     def clear_cache(self) -> None:
         """Forget the texts seen so far (benchmarks measure first sight with it)."""
-        self._cache = _LRU(512)
+        self._state = (self.model, _LRU(512))
 
     # --- classification --------------------------------------------------------------------------
     def features(self, text: str, max_tokens: int) -> tuple[np.ndarray, int]:
@@ -518,12 +546,13 @@ class LocalRouter:
         return np.concatenate([embedding, form_features(text)]), len(ids)
 
     def _read(self, text: str, max_tokens: int) -> _Read:
+        model, cache = self._state
         key = (text, max_tokens)
-        hit = self._cache.get(key)
+        hit = cache.get(key)
         if hit is None:
             feats, pieces = self.features(text, max_tokens)
-            hit = _Read(self.model.probs(feats, text), pieces, feats[: self.encoder.dim])
-            self._cache.put(key, hit)
+            hit = _Read(model.probs(feats, text), pieces, feats[: self.encoder.dim])
+            cache.put(key, hit)
         return hit
 
     def text_probs(self, text: str, max_tokens: int) -> tuple[np.ndarray, int]:

@@ -9,9 +9,11 @@ store = Store(engine, store_question_text=settings.store_question_text)
 from core.store.engine import alembic_config, async_url, create_engine, session_factory, upgrade_database
 from core.store.outbox import BufferedStore, BufferState
 from core.store.repository import (
+    LabelledDecision,
     MessageRef,
     ModelEventRecord,
     RequestRecord,
+    RouterVersionInfo,
     Store,
     UnfinishedAnswer,
     UsageTotals,
@@ -21,9 +23,11 @@ from core.store.repository import (
 __all__ = [
     "BufferState",
     "BufferedStore",
+    "LabelledDecision",
     "MessageRef",
     "ModelEventRecord",
     "RequestRecord",
+    "RouterVersionInfo",
     "Store",
     "UnfinishedAnswer",
     "UsageTotals",

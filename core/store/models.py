@@ -226,3 +226,21 @@ class Replica(Base):
     id: Mapped[str] = mapped_column(String, primary_key=True)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RouterVersion(Base):
+    """One `train-router` run. Installed runs keep their artifact (the local router's npz bytes) so
+    every replica loads the active one and an operator can roll back; a rejected run keeps only its
+    scores (artifact NULL), so the listing shows why nothing changed."""
+
+    __tablename__ = "router_versions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    artifact: Mapped[bytes | None] = mapped_column(LargeBinary)
+    metrics: Mapped[dict[str, Any]] = mapped_column()
+    examples: Mapped[int] = mapped_column(Integer)  # training examples, shipped and stored together
+    decisions: Mapped[int] = mapped_column(Integer)  # of them, meta-router decisions
+    # the newest request it learned from: "new labelled decisions since" counts from here
+    last_request_id: Mapped[int] = mapped_column(Integer)
+    active: Mapped[bool] = mapped_column(default=False)

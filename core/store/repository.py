@@ -37,6 +37,7 @@ from core.store.models import (
     Request,
     RequestEmbedding,
     RouterCall,
+    RouterVersion,
     utcnow,
 )
 from core.types import Decision, ModelStats, normalise_model_name
@@ -133,6 +134,29 @@ class ModelEventRecord:
     kind: str
     created_at: datetime
     detail: Any
+
+
+@dataclass(frozen=True)
+class LabelledDecision:
+    """A question the meta-router classified and the bot followed, with how its answer was rated."""
+
+    request_id: int
+    created_at: datetime
+    text: str
+    query_type: str
+    rating: int  # positive minus negative ratings of its answers; 0 when unrated
+
+
+@dataclass(frozen=True)
+class RouterVersionInfo:
+    id: int
+    created_at: datetime
+    metrics: dict[str, Any]
+    examples: int
+    decisions: int
+    last_request_id: int
+    active: bool
+    installed: bool  # False: a rejected run, kept for its scores only
 
 
 @dataclass(frozen=True)
@@ -868,3 +892,126 @@ class Store:
             generation_ms=hist(gen),
             completion_tokens=int(tokens or 0),
         )
+
+    # --- the local router's versions (core/routing/distill.py) ---------------------------------
+
+    def _meta_labelled(self, after_id: int) -> Any:
+        # source "openai" with no fallback reason: the meta-router answered and was followed, so its
+        # query type is what the request was handled as (a fallback stores the local router's own)
+        return (
+            Request.source == "openai",
+            Request.fallback_reason.is_(None),
+            Request.query_text.is_not(None),
+            Request.id > after_id,
+        )
+
+    async def meta_labelled_decisions(self, after_id: int = 0) -> list[LabelledDecision]:
+        """Followed meta-router decisions with their question text, oldest first, with net ratings."""
+        net = (
+            select(Answer.request_id.label("request_id"), func.sum(Feedback.rating).label("net"))
+            .join(Feedback, Feedback.answer_id == Answer.id)
+            .group_by(Answer.request_id)
+            .subquery()
+        )
+        stmt = (
+            select(Request.id, Request.created_at, Request.query_text, Request.query_type, net.c.net)
+            .outerjoin(net, net.c.request_id == Request.id)
+            .where(*self._meta_labelled(after_id))
+            .order_by(Request.id)
+        )
+        async with self._tx() as s:
+            rows = (await s.execute(stmt)).all()
+        return [LabelledDecision(r[0], r[1], r[2], r[3], int(r[4] or 0)) for r in rows]
+
+    async def count_meta_labelled(self, after_id: int = 0) -> int:
+        async with self._tx() as s:
+            n = await s.scalar(select(func.count(Request.id)).where(*self._meta_labelled(after_id)))
+        return int(n or 0)
+
+    async def add_router_version(
+        self,
+        *,
+        artifact: bytes | None,
+        metrics: dict[str, Any],
+        examples: int,
+        decisions: int,
+        last_request_id: int,
+        keep: int,
+    ) -> int:
+        """Record a run; an artifact makes it the active version. Only the newest `keep` runs and the
+        active one are kept (artifacts are megabytes each)."""
+        async with self._tx() as s:
+            row = RouterVersion(
+                created_at=utcnow(),
+                artifact=artifact,
+                metrics=metrics,
+                examples=examples,
+                decisions=decisions,
+                last_request_id=last_request_id,
+                active=False,
+            )
+            s.add(row)
+            await s.flush()
+            if artifact is not None:
+                await self._set_active(s, row.id)
+            newest = (
+                await s.scalars(select(RouterVersion.id).order_by(RouterVersion.id.desc()).limit(keep))
+            ).all()
+            await s.execute(
+                delete(RouterVersion).where(RouterVersion.id.not_in(newest), RouterVersion.active.is_(False))
+            )
+            return row.id
+
+    @staticmethod
+    async def _set_active(s: AsyncSession, version_id: int) -> None:
+        # one statement over every row, no WHERE: under PostgreSQL's READ COMMITTED two concurrent
+        # activations then serialise on the row locks and exactly one version ends up active
+        await s.execute(update(RouterVersion).values(active=RouterVersion.id == version_id))
+
+    async def activate_router_version(self, version_id: int) -> bool:
+        """Make an installed version the active one; 0 means the shipped model. False if there is no
+        such installed version."""
+        async with self._tx() as s:
+            if version_id != 0:
+                found = await s.scalar(
+                    select(RouterVersion.id).where(
+                        RouterVersion.id == version_id, RouterVersion.artifact.is_not(None)
+                    )
+                )
+                if found is None:
+                    return False
+            await self._set_active(s, version_id)
+            return True
+
+    async def router_versions(self) -> list[RouterVersionInfo]:
+        """Every recorded run, newest first (without the artifacts)."""
+        async with self._tx() as s:
+            rows = (
+                await s.execute(
+                    select(
+                        RouterVersion.id,
+                        RouterVersion.created_at,
+                        RouterVersion.metrics,
+                        RouterVersion.examples,
+                        RouterVersion.decisions,
+                        RouterVersion.last_request_id,
+                        RouterVersion.active,
+                        RouterVersion.artifact.is_not(None),
+                    ).order_by(RouterVersion.id.desc())
+                )
+            ).all()
+        return [RouterVersionInfo(*r) for r in rows]
+
+    async def active_router_version(self) -> int:
+        """The id of the active version; 0 for the shipped model. Cheap: replicas poll it."""
+        async with self._tx() as s:
+            found = await s.scalar(
+                select(RouterVersion.id)
+                .where(RouterVersion.active.is_(True))
+                .order_by(RouterVersion.id.desc())
+            )
+        return int(found or 0)
+
+    async def router_artifact(self, version_id: int) -> bytes | None:
+        async with self._tx() as s:
+            return await s.scalar(select(RouterVersion.artifact).where(RouterVersion.id == version_id))
