@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from core.config import Settings
 from core.generation import Generator
 from core.inventory import InventoryService, load_catalog
-from core.routing.cache import DecisionCache
 from core.routing.chain import MemoryLedger, RoutingChain
 from core.routing.local import LocalRouter
 from core.routing.meta import MetaRouter
 from core.service import ChatService
+from core.shared_state import SharedState, shared_state
 from core.store import Store, create_engine, upgrade_database
 
 log = logging.getLogger(__name__)
@@ -25,10 +25,13 @@ class App:
     store: Store | None
     local_router: LocalRouter
     meta: MetaRouter | None = None
+    shared: SharedState | None = None
 
     async def close(self) -> None:
         if self.meta is not None:
             await self.meta.aclose()
+        if self.shared is not None:
+            await self.shared.close()
         if self.store is not None:
             await self.store.close()
 
@@ -47,8 +50,13 @@ async def build_app(settings: Settings, *, use_cache: bool = True, database: boo
     )
     local = LocalRouter.load()
     meta = MetaRouter(settings) if settings.meta_router_enabled and settings.openai_api_key else None
-    cache = DecisionCache(settings) if settings.cache_decisions and use_cache else None
+    # Redis, else PostgreSQL, else this process: what replicas share (core/shared_state.py)
+    shared = shared_state(settings, store.engine if store is not None else None)
+    log.info("decision cache and rate limits: %s", shared.backend)
+    cache = shared.cache if settings.cache_decisions and use_cache else None
     chain = RoutingChain(settings, local=local, meta=meta, cache=cache, ledger=store or MemoryLedger())
     generator = Generator(settings, inventory, store_events=store.record_model_event if store else None)
-    service = ChatService(settings, inventory=inventory, chain=chain, generator=generator, store=store)
-    return App(settings=settings, service=service, store=store, local_router=local, meta=meta)
+    service = ChatService(
+        settings, inventory=inventory, chain=chain, generator=generator, store=store, limiter=shared.limiter
+    )
+    return App(settings=settings, service=service, store=store, local_router=local, meta=meta, shared=shared)

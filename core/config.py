@@ -1,8 +1,8 @@
 """One typed settings object, built once at start-up and passed down.
 
 Precedence: defaults < TOML file named by METAROUTER_CONFIG < environment. Third-party variables keep
-their ecosystems' names (OPENAI_API_KEY, OLLAMA_HOST, DATABASE_URL, SLACK_*, DISCORD_*); every other
-setting is `METAROUTER_<NAME>` in the environment and `<name>` in the TOML file.
+their ecosystems' names (OPENAI_API_KEY, OLLAMA_HOST, DATABASE_URL, REDIS_URL, SLACK_*, DISCORD_*); every
+other setting is `METAROUTER_<NAME>` in the environment and `<name>` in the TOML file.
 """
 
 from __future__ import annotations
@@ -140,6 +140,9 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, validation_alias=_env("database_url", "DATABASE_URL"))
     data_dir: Path = Field(default_factory=default_data_dir)
     store_question_text: bool = True
+    # decision cache and rate limits shared by replicas (else PostgreSQL's tables, else per process)
+    redis_url: str | None = Field(None, validation_alias=_env("redis_url", "REDIS_URL"))
+    redis_prefix: str = Field("metarouter:", min_length=1)  # of every key: bots sharing one Redis differ
 
     # --- abuse limits (issue 6) -------------------------------------------------------------------
     user_rate_per_minute: float = Field(6.0, ge=0)  # questions a person may ask per minute; 0: no limit
@@ -335,6 +338,7 @@ _ENV_NAMES = {
     "ollama_host": "OLLAMA_HOST",
     "ollama_hosts": "METAROUTER_OLLAMA_HOSTS",
     "database_url": "DATABASE_URL",
+    "redis_url": "REDIS_URL",
     "slack_bot_token": "SLACK_BOT_TOKEN",
     "slack_app_token": "SLACK_APP_TOKEN",
     "slack_signing_secret": "SLACK_SIGNING_SECRET",
@@ -371,4 +375,6 @@ def load_settings(**overrides: Any) -> Settings:
         ("sqlite+aiosqlite://", "postgresql+asyncpg://", "postgresql://", "sqlite://")
     ):
         raise ConfigError("DATABASE_URL: use sqlite+aiosqlite:///PATH or postgresql+asyncpg://...")
+    if settings.redis_url and not settings.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("REDIS_URL: use redis://HOST:PORT/DB, rediss://... or unix://PATH")
     return settings

@@ -196,3 +196,26 @@ class JobRun(Base):
     finished_at: Mapped[datetime | None] = mapped_column()
     status: Mapped[str] = mapped_column(String)  # running | ok | error | missed
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class CachedDecision(Base):
+    """A routing decision shared by replicas (PostgreSQL without Redis): its contract JSON, until it
+    expires (Unix seconds)."""
+
+    __tablename__ = "decision_cache"
+
+    key: Mapped[str] = mapped_column(String, primary_key=True)
+    decision: Mapped[str] = mapped_column(Text)
+    expires_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class RateBucket(Base):
+    """One token bucket of the per-user and per-channel limits, shared by replicas. `allowed` is the
+    outcome of the last take, so one upsert both updates the bucket and reports the result."""
+
+    __tablename__ = "rate_buckets"
+
+    key: Mapped[str] = mapped_column(String, primary_key=True)
+    tokens: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float, index=True)  # Unix seconds
+    allowed: Mapped[bool] = mapped_column()
