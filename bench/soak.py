@@ -81,8 +81,9 @@ async def run(args: argparse.Namespace) -> int:
             METAROUTER_PER_HOST_CONCURRENCY="4",  # 4 answers of 4 s at once: twice the default traffic
             METAROUTER_MAX_REQUESTS_PER_HOUR="100000",
             METAROUTER_MONTHLY_BUDGET_USD="1000",
-            METAROUTER_USER_RATE_PER_MINUTE="0",
-            METAROUTER_CHANNEL_RATE_PER_MINUTE="0",
+            # limits on (so the limiter is soaked too) but far above the traffic
+            METAROUTER_USER_RATE_PER_MINUTE="1000",
+            METAROUTER_CHANNEL_RATE_PER_MINUTE="1000",
         )
         proc = await ServeProcess.start(env, Path(tmp) / "serve.log")
         url = events_url(env)
