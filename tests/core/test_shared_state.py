@@ -24,6 +24,7 @@ from core.shared_state import (
 from core.store import create_engine, upgrade_database
 from core.types import Decision
 from tests.conftest import fresh_pg_database
+from tests.core.test_service import RecordingReply, message
 
 DECISION = Decision(
     recommended_model="qwen2.5-coder:7b",
@@ -190,3 +191,22 @@ async def test_sqlite_and_no_database_keep_state_in_the_process(make_settings, t
         assert shared_state(make_settings(), None).backend == "process"
     finally:
         await engine.dispose()
+
+
+async def test_two_apps_on_one_redis_share_limits_and_decisions(
+    core_app, redis_url, redis_prefix, openai_double
+) -> None:
+    """build_app wiring with REDIS_URL: what one process decided or counted, the other sees."""
+    shared = {"redis_url": redis_url, "redis_prefix": redis_prefix, "user_rate_per_minute": 1}
+    a, b = await core_app(**shared), await core_app(**shared)
+    assert a.shared is not None and a.shared.backend == "redis"
+
+    first = await a.service.handle(message("explain quicksort", user_id="U1"), RecordingReply())
+    assert first is not None and first.error is None and first.decision is not None
+    refused = await b.service.handle(message("another question", user_id="U1"), RecordingReply())
+    assert refused is not None and refused.error is not None and "faster" in refused.error
+
+    again = await b.service.handle(message("explain quicksort", user_id="U2"), RecordingReply())
+    assert again is not None and again.decision is not None and again.decision.source == "cache"
+    assert again.decision.recommended_model == first.decision.recommended_model
+    assert openai_double.calls == 1
