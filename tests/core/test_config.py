@@ -42,6 +42,7 @@ def test_several_ollama_hosts_override_ollama_host(monkeypatch: pytest.MonkeyPat
         ("METAROUTER_DECISION_TIMEOUT_S", "soon"),
         ("METAROUTER_CONFIDENCE_THRESHOLD", "1.5"),
         ("DATABASE_URL", "mysql://x"),
+        ("REDIS_URL", "127.0.0.1:6379"),
         ("OLLAMA_HOST", "ftp://host"),
     ],
 )
