@@ -163,6 +163,8 @@ async def run(args: argparse.Namespace) -> int:
     cmd = (
         f"python bench/soak.py --minutes {args.minutes:g} --interval {args.interval:g} --cycle {args.cycle:g}"
     )
+    cmd += " --database-url postgresql+asyncpg://…" if args.database_url else ""
+    cmd += " --redis-url redis://…" if args.redis_url else ""
     print(f"\n`{cmd}`\n")
     print("| phase when asked | questions | answered | clear error | lost |")
     print("| --- | --- | --- | --- | --- |")
