@@ -3,7 +3,8 @@
 Redis when REDIS_URL is set, else the PostgreSQL database when that is the store, else this process
 (SQLite means one process). A shared backend that fails or is slow never holds an answer up: each call
 has a short timeout, and after a failure this process uses its own cache and buckets for `RETRY_S`
-before trying the shared ones again (one warning per outage, one when they are back).
+before trying the shared ones again (one warning per outage, one when they are back). With
+METAROUTER_STORE_QUESTION_TEXT off, decisions are not shared (their reasoning can quote the question).
 
     state = shared_state(settings, engine)      # engine: the store's, or None without a database
     cache, limiter = state.cache, state.limiter
@@ -260,21 +261,25 @@ class SharedState:
 def shared_state(settings: Settings, engine: AsyncEngine | None) -> SharedState:
     """Redis when REDIS_URL is set, else PostgreSQL when `engine` is one, else this process."""
     local_cache, local_limiter = DecisionCache(settings), MemoryRateLimiter()
+    # A decision's reasoning can quote the question: with question text off, decisions stay in memory
+    # here (the rate-limit keys hold only user and channel ids, so limits are shared regardless).
+    share_decisions = settings.store_question_text
     if settings.redis_url:
         from redis.asyncio import Redis  # only a Redis deployment pays for the import
 
         redis = Redis.from_url(settings.redis_url, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S)
+        redis_cache = RedisDecisionStore(redis, settings.cache_ttl_s, settings.redis_prefix)
         return SharedState(
-            FallbackDecisionStore(
-                RedisDecisionStore(redis, settings.cache_ttl_s, settings.redis_prefix), local_cache
-            ),
+            FallbackDecisionStore(redis_cache, local_cache) if share_decisions else local_cache,
             FallbackRateLimiter(RedisRateLimiter(redis, settings.redis_prefix), local_limiter),
             "redis",
             redis.aclose,
         )
     if engine is not None and engine.dialect.name == "postgresql":
         return SharedState(
-            FallbackDecisionStore(SqlDecisionStore(engine, settings.cache_ttl_s), local_cache),
+            FallbackDecisionStore(SqlDecisionStore(engine, settings.cache_ttl_s), local_cache)
+            if share_decisions
+            else local_cache,
             FallbackRateLimiter(SqlRateLimiter(engine), local_limiter),
             "postgresql",
         )

@@ -184,6 +184,15 @@ async def test_a_shared_backend_that_is_down_leaves_each_process_on_its_own(
             await engine.dispose()
 
 
+async def test_without_question_text_decisions_are_not_shared_but_limits_are(request, make_settings) -> None:
+    # the meta-router's reasoning can quote the question, which must then not reach a shared store
+    async with backend_engines(request, "postgresql") as engines:
+        states = [shared_state(make_settings(store_question_text=False), e) for e in engines]
+        await states[0].cache.put("k", DECISION)
+        assert await states[1].cache.get("k") is None
+        assert [await s.limiter.take("user:slack:U1", 1) == 0.0 for s in states] == [True, False]
+
+
 async def test_sqlite_and_no_database_keep_state_in_the_process(make_settings, tmp_path) -> None:
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'x.db'}")
     try:
