@@ -100,7 +100,7 @@ async def run(mentions: int, channels: int, mode: str, interval: float, db: str 
             started = time.monotonic()
             await asyncio.gather(*(send(e) for e in events))
             while time.monotonic() - started < 120:
-                done = [e for e in events if _final_at(slack, e) is not None]
+                done = [e for e in events if final_at(slack, e) is not None]
                 if len(done) == len(events) and not adapter.tasks:
                     break
                 await asyncio.sleep(0.02)
@@ -116,7 +116,7 @@ async def run(mentions: int, channels: int, mode: str, interval: float, db: str 
     for e in events:
         ts, channel = e["event"]["ts"], e["event"]["channel"]
         posts = [c for c in slack.calls("chat.postMessage") if c.args.get("thread_ts") == ts]
-        finished = _final_at(slack, e)
+        finished = final_at(slack, e)
         if not posts or finished is None:
             lost += 1
             continue
@@ -131,7 +131,7 @@ async def run(mentions: int, channels: int, mode: str, interval: float, db: str 
     return {"placeholder": placeholder, "final": final, "updates": updates, "lost": lost, "dup": duplicated}
 
 
-def _final_at(slack: SlackDouble, e: dict) -> float | None:
+def final_at(slack: SlackDouble, e: dict) -> float | None:
     ts, channel = e["event"]["ts"], e["event"]["channel"]
     ids = {m.ts for m in slack.bot_replies(channel, ts)}
     times = [

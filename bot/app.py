@@ -13,7 +13,6 @@ from core.config import Settings
 from core.errors import StoreUnavailable
 from core.generation import Generator
 from core.inventory import InventoryService, load_catalog
-from core.routing.cache import DecisionCache
 from core.routing.chain import MemoryLedger, RoutingChain
 from core.routing.distill import sync_router
 from core.routing.ensemble import Ensemble, build_meta_router
@@ -22,6 +21,7 @@ from core.routing.memory import DecisionMemory
 from core.routing.meta import MetaRouter
 from core.routing.selection import Exploration
 from core.service import ChatService
+from core.shared_state import SharedState, shared_state
 from core.store import BufferedStore, create_engine, upgrade_database
 
 log = logging.getLogger(__name__)
@@ -34,10 +34,13 @@ class App:
     store: BufferedStore | None
     local_router: LocalRouter
     meta: MetaRouter | Ensemble | None = None
+    shared: SharedState | None = None
 
     async def close(self) -> None:
         if self.meta is not None:
             await self.meta.aclose()
+        if self.shared is not None:
+            await self.shared.close()
         if self.store is not None:
             await self.store.close()
 
@@ -83,13 +86,22 @@ async def build_app(
             log.warning("cannot read the active local router version; using the shipped one", exc_info=True)
     memory = DecisionMemory(settings, store, local.embedding) if store and settings.decision_memory else None
     meta = build_meta_router(settings, memory=memory)
-    cache = DecisionCache(settings) if settings.cache_decisions and use_cache else None
+    # Redis, else PostgreSQL, else this process: what replicas share (core/shared_state.py)
+    shared = shared_state(settings, store.engine if store is not None else None)
+    log.info("decision cache and rate limits: %s", shared.backend)
+    cache = shared.cache if settings.cache_decisions and use_cache else None
     chain = RoutingChain(settings, local=local, meta=meta, cache=cache, ledger=store or MemoryLedger())
     generator = Generator(settings, inventory, store_events=store.record_model_event if store else None)
     service = ChatService(
-        settings, inventory=inventory, chain=chain, generator=generator, store=store, memory=memory
+        settings,
+        inventory=inventory,
+        chain=chain,
+        generator=generator,
+        store=store,
+        limiter=shared.limiter,
+        memory=memory,
     )
-    return App(settings=settings, service=service, store=store, local_router=local, meta=meta)
+    return App(settings=settings, service=service, store=store, local_router=local, meta=meta, shared=shared)
 
 
 def replica_id() -> str:

@@ -1,8 +1,8 @@
 """One typed settings object, built once at start-up and passed down.
 
 Precedence: defaults < TOML file named by METAROUTER_CONFIG < environment. Third-party variables keep
-their ecosystems' names (OPENAI_API_KEY, OLLAMA_HOST, DATABASE_URL, SLACK_*, DISCORD_*); every other
-setting is `METAROUTER_<NAME>` in the environment and `<name>` in the TOML file.
+their ecosystems' names (OPENAI_API_KEY, OLLAMA_HOST, DATABASE_URL, REDIS_URL, SLACK_*, DISCORD_*); every
+other setting is `METAROUTER_<NAME>` in the environment and `<name>` in the TOML file.
 """
 
 from __future__ import annotations
@@ -214,6 +214,9 @@ class Settings(BaseSettings):
     db_buffer_max_ops: int = Field(10_000, ge=100)
     db_write_timeout_s: float = Field(5.0, gt=0, le=60)
     replica_heartbeat_s: float = Field(10.0, gt=0, le=300)
+    # decision cache and rate limits shared by replicas (else PostgreSQL's tables, else per process)
+    redis_url: str | None = Field(None, validation_alias=_env("redis_url", "REDIS_URL"))
+    redis_prefix: str = Field("metarouter:", min_length=1)  # of every key: bots sharing one Redis differ
 
     # --- abuse limits (issue 6) -------------------------------------------------------------------
     user_rate_per_minute: float = Field(6.0, ge=0)  # questions a person may ask per minute; 0: no limit
@@ -453,6 +456,7 @@ _ENV_NAMES = {
     "ollama_host": "OLLAMA_HOST",
     "ollama_hosts": "METAROUTER_OLLAMA_HOSTS",
     "database_url": "DATABASE_URL",
+    "redis_url": "REDIS_URL",
     "slack_bot_token": "SLACK_BOT_TOKEN",
     "slack_app_token": "SLACK_APP_TOKEN",
     "slack_signing_secret": "SLACK_SIGNING_SECRET",
@@ -491,4 +495,6 @@ def load_settings(**overrides: Any) -> Settings:
         ("sqlite+aiosqlite://", "postgresql+asyncpg://", "postgresql://", "sqlite://")
     ):
         raise ConfigError("DATABASE_URL: use sqlite+aiosqlite:///PATH or postgresql+asyncpg://...")
+    if settings.redis_url and not settings.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("REDIS_URL: use redis://HOST:PORT/DB, rediss://... or unix://PATH")
     return settings

@@ -1,5 +1,5 @@
 """Per-user and per-channel question limits: token buckets behind a small protocol, so several
-replicas can later share them (PostgreSQL or Redis) without the service changing."""
+replicas can share them (Redis or PostgreSQL, core/shared_state.py) without the service changing."""
 
 from __future__ import annotations
 

@@ -19,7 +19,8 @@ from core.types import Decision, Inventory, RouteRequest
 
 
 class DecisionStore(Protocol):
-    """Anything that keeps decisions by key for a while: this in-process cache, later a shared one."""
+    """Anything that keeps decisions by key for a while: this in-process cache, or one shared by
+    replicas (Redis or PostgreSQL, core/shared_state.py)."""
 
     async def get(self, key: str) -> Decision | None: ...
 

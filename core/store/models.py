@@ -244,3 +244,26 @@ class RouterVersion(Base):
     # the newest request it learned from: "new labelled decisions since" counts from here
     last_request_id: Mapped[int] = mapped_column(Integer)
     active: Mapped[bool] = mapped_column(default=False)
+
+
+class CachedDecision(Base):
+    """A routing decision shared by replicas (PostgreSQL without Redis): its contract JSON, until it
+    expires (Unix seconds)."""
+
+    __tablename__ = "decision_cache"
+
+    key: Mapped[str] = mapped_column(String, primary_key=True)
+    decision: Mapped[str] = mapped_column(Text)
+    expires_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class RateBucket(Base):
+    """One token bucket of the per-user and per-channel limits, shared by replicas. `allowed` is the
+    outcome of the last take, so one upsert both updates the bucket and reports the result."""
+
+    __tablename__ = "rate_buckets"
+
+    key: Mapped[str] = mapped_column(String, primary_key=True)
+    tokens: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float, index=True)  # Unix seconds
+    allowed: Mapped[bool] = mapped_column()

@@ -57,6 +57,7 @@ def test_slack_admins_under_either_name(tmp_path: Path, monkeypatch: pytest.Monk
         ("METAROUTER_DECISION_TIMEOUT_S", "soon"),
         ("METAROUTER_CONFIDENCE_THRESHOLD", "1.5"),
         ("DATABASE_URL", "mysql://x"),
+        ("REDIS_URL", "127.0.0.1:6379"),
         ("OLLAMA_HOST", "ftp://host"),
     ],
 )

@@ -403,19 +403,22 @@ class SlackDouble:
         return payload
 
     # --- delivery -------------------------------------------------------------------------------
-    async def deliver(self, payload: dict[str, Any], *, kind: str = "events_api", retry: int = 0) -> Any:
+    async def deliver(
+        self, payload: dict[str, Any], *, kind: str = "events_api", retry: int = 0, url: str | None = None
+    ) -> Any:
         """Delivers like Slack: over the socket when one is open (returns the ack's payload), else as
-        a signed HTTP request to `events_url` (returns (status, body)). `retry` > 0 marks a redelivery."""
-        if self.socket_connected:
+        a signed HTTP request to `url` or `events_url` (returns (status, body)); `url` plays a load
+        balancer in front of several replicas. `retry` > 0 marks a redelivery."""
+        if self.socket_connected and url is None:
             return await self._send_envelope(kind, payload, retry)
-        assert self.events_url, "no socket and no events_url: nothing to deliver to"
+        assert url or self.events_url, "no socket and no events_url: nothing to deliver to"
         if kind == "events_api":
             body, ctype = json.dumps(payload), "application/json"
         elif kind == "slash_commands":
             body, ctype = urlencode(payload), "application/x-www-form-urlencoded"
         else:
             body, ctype = urlencode({"payload": json.dumps(payload)}), "application/x-www-form-urlencoded"
-        return await self.post_signed(body, ctype, retry=retry)
+        return await self.post_signed(body, ctype, retry=retry, url=url)
 
     async def post_signed(
         self,
@@ -425,12 +428,14 @@ class SlackDouble:
         retry: int = 0,
         secret: str | None = None,
         ts: int | None = None,
+        url: str | None = None,
     ) -> tuple[int, str]:
-        assert self._session is not None and self.events_url
+        url = url or self.events_url
+        assert self._session is not None and url
         headers = {"Content-Type": content_type} | signature_headers(secret or self.signing_secret, body, ts)
         if retry:
             headers |= {"X-Slack-Retry-Num": str(retry), "X-Slack-Retry-Reason": "http_timeout"}
-        async with self._session.post(self.events_url, data=body.encode(), headers=headers) as resp:
+        async with self._session.post(url, data=body.encode(), headers=headers) as resp:
             return resp.status, await resp.text()
 
     async def command(self, command: str, text: str, **kw: Any) -> Any:
