@@ -538,7 +538,7 @@ def _encode(kwargs: dict[str, Any]) -> dict[str, Any]:
         if isinstance(v, datetime):
             v = v.isoformat()
         elif isinstance(v, Decision):
-            v = v.model_dump(mode="json")
+            v = v.with_votes()  # the votes too: the routing details show them later
         out[k] = v
     return out
 
