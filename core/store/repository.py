@@ -330,16 +330,9 @@ class Store:
         ids = list(request_ids)
         if not ids:
             return []
-        ratings = (
-            select(
-                Feedback.answer_id.label("answer_id"),
-                func.sum(case((Feedback.rating > 0, 1), else_=0)).label("pos"),
-                func.sum(case((Feedback.rating < 0, 1), else_=0)).label("neg"),
-            )
-            # only these requests' answers: summing every rating ever given would cost a table scan
-            .where(Feedback.answer_id.in_(select(Answer.id).where(Answer.request_id.in_(ids))))
-            .group_by(Feedback.answer_id)
-            .subquery()
+        # only these requests' answers: summing every rating ever given would cost a table scan
+        ratings = _ratings_per_answer(
+            Feedback.answer_id.in_(select(Answer.id).where(Answer.request_id.in_(ids)))
         )
         stmt = (
             select(
@@ -724,15 +717,7 @@ class Store:
 
     async def request_records(self, since: datetime) -> list[RequestRecord]:
         """Every request since `since`, oldest first, with its (last) answer and that answer's ratings."""
-        ratings = (
-            select(
-                Feedback.answer_id.label("answer_id"),
-                func.sum(case((Feedback.rating > 0, 1), else_=0)).label("pos"),
-                func.sum(case((Feedback.rating < 0, 1), else_=0)).label("neg"),
-            )
-            .group_by(Feedback.answer_id)
-            .subquery()
-        )
+        ratings = _ratings_per_answer()
         stmt = (
             select(
                 Request.id,
@@ -1015,3 +1000,17 @@ class Store:
     async def router_artifact(self, version_id: int) -> bytes | None:
         async with self._tx() as s:
             return await s.scalar(select(RouterVersion.artifact).where(RouterVersion.id == version_id))
+
+
+def _ratings_per_answer(*where: Any) -> Any:
+    """Per answer: its positive and negative ratings (`pos`, `neg`), as a subquery to join on `answer_id`."""
+    return (
+        select(
+            Feedback.answer_id.label("answer_id"),
+            func.sum(case((Feedback.rating > 0, 1), else_=0)).label("pos"),
+            func.sum(case((Feedback.rating < 0, 1), else_=0)).label("neg"),
+        )
+        .where(*where)
+        .group_by(Feedback.answer_id)
+        .subquery()
+    )
