@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import tempfile
 import time
@@ -33,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.slack_load import ANSWER, final_at, pct  # noqa: E402
 from tests.doubles.ollama import OllamaDouble  # noqa: E402
 from tests.doubles.slack import SlackDouble  # noqa: E402
-from tests.serve_process import ServeProcess, free_port  # noqa: E402
+from tests.serve_process import ServeProcess, events_url, free_port, serve_env, slack_http_mode  # noqa: E402
 
 QUESTIONS = [
     "write a python function to merge two sorted lists",
@@ -45,36 +44,22 @@ QUESTIONS = [
 _LAST_TOKEN = ANSWER.split()[-1]
 
 
-def serve_env(
+def replica_env(
     slack: SlackDouble, ollama_url: str, data_dir: Path, *, db: str | None, redis: str | None, **extra: str
 ) -> dict[str, str]:
     """The environment of a `serve` process in Slack HTTP mode against the doubles, on its own port."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("METAROUTER_", "OPENAI_", "SLACK_", "DISCORD_"))
-        and k not in ("DATABASE_URL", "REDIS_URL")
-    }
-    env |= {
-        "HF_HUB_OFFLINE": "1",
-        "METAROUTER_DATA_DIR": str(data_dir),
-        "OLLAMA_HOST": ollama_url,
-        "SLACK_BOT_TOKEN": "xoxb-bench",
-        "SLACK_SIGNING_SECRET": slack.signing_secret,
-        "SLACK_API_URL": slack.api_url,
-        "METAROUTER_HTTP_PORT": str(free_port()),
-        "METAROUTER_SCHEDULER_ENABLED": "false",
-        "METAROUTER_LOG_LEVEL": "INFO",
-    }
+    env = serve_env(
+        data_dir,
+        ollama_url,
+        **slack_http_mode(slack, free_port()),
+        METAROUTER_SCHEDULER_ENABLED="false",
+        METAROUTER_LOG_LEVEL="INFO",
+    )
     if db:
         env["DATABASE_URL"] = db
     if redis:
         env["REDIS_URL"] = redis
     return env | extra
-
-
-def events_url(env: dict[str, str]) -> str:
-    return f"http://127.0.0.1:{env['METAROUTER_HTTP_PORT']}/slack/events"
 
 
 def outcome(slack: SlackDouble, e: dict[str, Any]) -> tuple[str, int]:
@@ -101,7 +86,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         try:
             for i in range(args.replicas):
-                env = serve_env(
+                env = replica_env(
                     slack,
                     ollama.url,
                     Path(tmp) / "data",

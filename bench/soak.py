@@ -29,12 +29,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.load import events_url, outcome, serve_env  # noqa: E402
+from bench.load import outcome, replica_env  # noqa: E402
 from bench.slack_load import ANSWER, final_at  # noqa: E402
 from tests.doubles.ollama import OllamaDouble  # noqa: E402
 from tests.doubles.openai import OpenAIDouble, RecordedRequest, Reply  # noqa: E402
 from tests.doubles.slack import SlackDouble  # noqa: E402
-from tests.serve_process import ServeProcess  # noqa: E402
+from tests.serve_process import ServeProcess, events_url  # noqa: E402
 
 # parts of each cycle: 60-90 s, 150-180 s and 210-240 s of a 5-minute cycle
 OUTAGES = (("ollama down", 0.2, 0.3), ("meta 500", 0.5, 0.6), ("meta hangs", 0.7, 0.8))
@@ -69,7 +69,7 @@ async def run(args: argparse.Namespace) -> int:
     samples: list[tuple[float, float, int, float]] = []
     deliveries: set[asyncio.Task[Any]] = set()
     with tempfile.TemporaryDirectory() as tmp:
-        env = serve_env(
+        env = replica_env(
             slack,
             ollama.url,
             Path(tmp) / "data",

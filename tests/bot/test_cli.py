@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -14,7 +12,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.serve_process import ROOT, ServeProcess, serve_env, slack_socket_mode, until
 
 DECISION_SCHEMA = {
     "type": "object",
@@ -67,16 +65,7 @@ DECISION_SCHEMA = {
 @pytest.fixture
 def cli_env(tmp_path: Path) -> dict[str, str]:
     """No key, no reachable Ollama: the offline path a fresh user gets."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("METAROUTER_", "OPENAI_", "SLACK_", "DISCORD_"))
-    }
-    env.pop("DATABASE_URL", None)
-    env.update(
-        METAROUTER_DATA_DIR=str(tmp_path / "data"), OLLAMA_HOST="http://127.0.0.1:9", HF_HUB_OFFLINE="1"
-    )
-    return env
+    return serve_env(tmp_path / "data", "http://127.0.0.1:9")
 
 
 async def run(
@@ -229,66 +218,37 @@ async def test_serve_console_chats_rates_and_stops_on_eof(cli_env, ollama_double
     assert len(rated) == 1 and rated[0]["satisfaction"] == 1.0
 
 
-async def test_serve_exits_0_on_sigterm_when_idle(cli_env) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot.cli",
-        "serve",
-        env={**cli_env, "METAROUTER_LOG_LEVEL": "INFO"},
-        cwd=ROOT,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert proc.stderr is not None
-    while b"serving" not in (line := await asyncio.wait_for(proc.stderr.readline(), 60)):
-        assert line, "serve exited before it was ready"
+async def test_serve_exits_0_on_sigterm_when_idle(cli_env, tmp_path: Path) -> None:
+    proc = await ServeProcess.start(cli_env, tmp_path / "serve.log", ready_within=60, stdin_open=True)
     started = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    code = await asyncio.wait_for(proc.wait(), 15)
+    code = await proc.stop(within=15)
     assert code == 0
     assert time.monotonic() - started < 15
 
 
-async def test_serve_answers_slack_and_stops_cleanly_on_sigterm(cli_env, slack_double, ollama_double) -> None:
+async def test_serve_answers_slack_and_stops_cleanly_on_sigterm(
+    cli_env, slack_double, ollama_double, tmp_path: Path
+) -> None:
     ollama_double.add_model("llama3.2:3b", size_gb=2.0)
     ollama_double.reply = "Hello from a local model."
-    env = {
-        **cli_env,
-        "OLLAMA_HOST": ollama_double.url,
-        "SLACK_BOT_TOKEN": "xoxb-test-token",
-        "SLACK_APP_TOKEN": "xapp-test-token",
-        "SLACK_API_URL": slack_double.api_url,
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot.cli",
-        "serve",
-        env=env,
-        cwd=ROOT,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    env = {**cli_env, "OLLAMA_HOST": ollama_double.url, **slack_socket_mode(slack_double)}
+    proc = await ServeProcess.start(env, tmp_path / "serve.log")
     try:
         await slack_double.wait_for_socket(within=60)
         event = slack_double.mention("C1", "U1", "<@UBOT> say hello")
         await slack_double.deliver(event)
         ts = event["event"]["ts"]
-        deadline = time.monotonic() + 30
-        while slack_double.answer("C1", ts) != "Hello from a local model.":
-            assert time.monotonic() < deadline, slack_double.thread("C1", ts)
-            await asyncio.sleep(0.1)
+        await until(
+            lambda: slack_double.answer("C1", ts) == "Hello from a local model.",
+            what=lambda: slack_double.thread("C1", ts),
+        )
     finally:
-        proc.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(proc.wait(), 30)
+        code = await proc.stop(within=30)
     assert code == 0
 
 
 async def test_serve_answers_discord_and_stops_cleanly_on_sigterm(
-    cli_env, discord_double, ollama_double
+    cli_env, discord_double, ollama_double, tmp_path: Path
 ) -> None:
     ollama_double.add_model("llama3.2:3b", size_gb=2.0)
     ollama_double.reply = "Hello from a local model."
@@ -298,17 +258,7 @@ async def test_serve_answers_discord_and_stops_cleanly_on_sigterm(
         "DISCORD_BOT_TOKEN": discord_double.token,
         "DISCORD_API_URL": discord_double.api_url,
     }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot.cli",
-        "serve",
-        env=env,
-        cwd=ROOT,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    proc = await ServeProcess.start(env, tmp_path / "serve.log")
     try:
         await discord_double.wait_for(lambda: discord_double.identifies, within=60)
         await asyncio.sleep(3)  # READY, then discord.py's guild-ready wait (2 s by default)
@@ -321,8 +271,7 @@ async def test_serve_answers_discord_and_stops_cleanly_on_sigterm(
 
         await discord_double.wait_for(answered, within=30)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(proc.wait(), 30)
+        code = await proc.stop(within=30)
     assert code == 0
 
 

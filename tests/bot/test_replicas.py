@@ -10,9 +10,8 @@ Scheduled jobs running once across replicas is tested in tests/core/test_schedul
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +19,9 @@ import pytest
 
 from tests.doubles.openai import Reply
 from tests.doubles.slack import SlackDouble
-from tests.serve_process import ServeProcess, free_port
+from tests.serve_process import ServeProcess, events_url, free_port, serve_env, slack_http_mode, until
 
 ANSWER = "Quicksort picks a pivot and sorts both sides."
-
-
-async def wait_for(cond: Callable[[], bool], within: float = 60, what: Any = None) -> None:
-    deadline = time.monotonic() + within
-    while not cond():
-        assert time.monotonic() < deadline, what() if callable(what) else what
-        await asyncio.sleep(0.1)  # polling the doubles is how a test watches other processes
 
 
 @pytest.fixture
@@ -45,25 +37,19 @@ async def replicas(
     urls = []
     try:
         for name in ("a", "b"):
-            port = free_port()
-            env = {
-                **os.environ,  # already without METAROUTER_*, DATABASE_URL, SLACK_* (conftest)
-                "HF_HUB_OFFLINE": "1",
-                "DATABASE_URL": pg_url,
-                "METAROUTER_DATA_DIR": str(tmp_path / name),
-                "METAROUTER_HTTP_PORT": str(port),
-                "METAROUTER_SCHEDULER_ENABLED": "false",
-                "METAROUTER_USE_LOCAL_FOR_SIMPLE_QUERIES": "false",
-                "METAROUTER_USER_RATE_PER_MINUTE": "2",
-                "OLLAMA_HOST": ollama_double.url,
-                "OPENAI_API_KEY": "sk-test-key-123456",
-                "OPENAI_BASE_URL": openai_double.base_url,
-                "SLACK_BOT_TOKEN": "xoxb-test-token",
-                "SLACK_SIGNING_SECRET": slack_double.signing_secret,
-                "SLACK_API_URL": slack_double.api_url,
-            }
+            env = serve_env(
+                tmp_path / name,
+                ollama_double.url,
+                **slack_http_mode(slack_double, free_port()),
+                DATABASE_URL=pg_url,
+                METAROUTER_SCHEDULER_ENABLED="false",
+                METAROUTER_USE_LOCAL_FOR_SIMPLE_QUERIES="false",
+                METAROUTER_USER_RATE_PER_MINUTE="2",
+                OPENAI_API_KEY="sk-test-key-123456",
+                OPENAI_BASE_URL=openai_double.base_url,
+            )
             procs.append(await ServeProcess.start(env, tmp_path / f"{name}.log"))
-            urls.append(f"http://127.0.0.1:{port}/slack/events")
+            urls.append(events_url(env))
         yield urls
     finally:
         codes = [await p.stop() for p in procs]
@@ -80,7 +66,9 @@ async def test_each_question_and_rating_counts_once_when_both_replicas_get_it(
     slack = slack_double
     questions = [slack.mention(f"C{i % 3}", f"U{i}", f"<@UBOT> question number {i}") for i in range(6)]
     await asyncio.gather(*(slack.deliver(q, url=url) for q in questions for url in replicas))
-    await wait_for(lambda: all(answered(slack, q) for q in questions), what=lambda: slack.api_calls[-5:])
+    await until(
+        lambda: all(answered(slack, q) for q in questions), within=60, what=lambda: slack.api_calls[-5:]
+    )
     await asyncio.sleep(2)  # room for a second answer to show up, were one on its way
 
     for q in questions:
@@ -99,7 +87,7 @@ async def test_each_question_and_rating_counts_once_when_both_replicas_get_it(
     async def satisfaction(url: str) -> str:
         before = len(slack.responses)
         await slack.deliver(slack.command_payload("/models", "", user="U1"), kind="slash_commands", url=url)
-        await wait_for(lambda: len(slack.responses) > before, within=30)
+        await until(lambda: len(slack.responses) > before, within=30)
         lines = slack.responses[-1].text.split("\n")
         return lines[next(i for i, ln in enumerate(lines) if ln.startswith("*llama3.2:3b*")) + 1]
 
@@ -120,8 +108,9 @@ async def test_limits_and_decisions_are_shared_whichever_replica_gets_the_messag
     async def ask(url: str, channel: str, user: str, text: str) -> dict[str, Any]:
         e = slack.mention(channel, user, f"<@UBOT> {text}")
         await slack.deliver(e, url=url)
-        await wait_for(
+        await until(
             lambda: answered(slack, e) or ":warning:" in _texts(slack, e),
+            within=60,
             what=lambda: slack.thread(channel, e["event"]["ts"]),
         )
         return e

@@ -7,7 +7,6 @@ real engine sees a real outage (connections reset, new ones refused).
 from __future__ import annotations
 
 import asyncio
-import signal
 import time
 
 import aiohttp
@@ -19,7 +18,7 @@ from bot.serve import buffer_info, health_checks
 from core.metrics import Metrics
 from core.store import create_engine
 from tests.doubles.tcpproxy import TcpProxy
-from tests.faults.processes import serve, serve_env
+from tests.serve_process import ServeProcess, serve_env, slack_socket_mode, until
 
 pytestmark = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 
@@ -136,21 +135,23 @@ async def test_serve_starts_and_answers_while_the_database_is_down(
     ollama_double.reply = "Answered without a database."
     env = serve_env(
         tmp_path / "data",
-        slack_double,
         ollama_double.url,
+        **slack_socket_mode(slack_double),
+        METAROUTER_HTTP_PORT="0",
+        METAROUTER_SLACK_UPDATE_INTERVAL_S="0.05",
         DATABASE_URL=url,
         METAROUTER_DB_WRITE_TIMEOUT_S="2",
     )
     await proxy.stop()
-    proc = await serve(env)
+    proc = await ServeProcess.start(env, tmp_path / "serve.log")
     try:
         await slack_double.wait_for_socket(within=60)
         q = slack_double.mention("C1", "U1", "<@UBOT> are you there?")
         await slack_double.deliver(q)
-        deadline = time.monotonic() + 30
-        while slack_double.answer("C1", q["event"]["ts"]) != "Answered without a database.":
-            assert time.monotonic() < deadline, slack_double.thread("C1", q["event"]["ts"])
-            await asyncio.sleep(0.1)
+        await until(
+            lambda: slack_double.answer("C1", q["event"]["ts"]) == "Answered without a database.",
+            what=lambda: slack_double.thread("C1", q["event"]["ts"]),
+        )
 
         await proxy.start()  # the schema is created, then what was buffered is written
         deadline = time.monotonic() + 60
@@ -164,5 +165,4 @@ async def test_serve_starts_and_answers_while_the_database_is_down(
             await asyncio.sleep(0.5)
         assert await rows(direct, "SELECT user_id FROM requests") == [("U1",)]
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 30) == 0
+        assert await proc.stop(within=30) == 0

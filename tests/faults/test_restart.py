@@ -4,15 +4,13 @@ chat and in the database, and never while the process writing them is alive."""
 from __future__ import annotations
 
 import asyncio
-import signal
-import time
 
 from sqlalchemy import text
 
 from bot.slack import render
 from core.recovery import Recovery
 from core.store import create_engine
-from tests.faults.processes import serve, serve_env
+from tests.serve_process import ServeProcess, serve_env, slack_socket_mode, until
 
 
 async def statuses(url: str) -> list[str]:
@@ -24,22 +22,22 @@ async def statuses(url: str) -> list[str]:
         await engine.dispose()
 
 
-async def until(check, within: float = 30.0, what: object = None) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, what() if callable(what) else what
-        await asyncio.sleep(0.1)
-
-
 async def test_a_killed_process_leaves_answers_the_next_start_marks_interrupted(
     slack_double, ollama_double, tmp_path
 ) -> None:
     ollama_double.add_model("llama3.2:3b", size_gb=2.0)
     ollama_double.reply = "A long answer that will never be finished by this process."
     ollama_double.stall_after_tokens = 4
-    env = serve_env(tmp_path / "data", slack_double, ollama_double.url, METAROUTER_REPLICA_HEARTBEAT_S="1")
+    env = serve_env(
+        tmp_path / "data",
+        ollama_double.url,
+        **slack_socket_mode(slack_double),
+        METAROUTER_HTTP_PORT="0",
+        METAROUTER_SLACK_UPDATE_INTERVAL_S="0.05",
+        METAROUTER_REPLICA_HEARTBEAT_S="1",
+    )
     url = f"sqlite+aiosqlite:///{tmp_path / 'data' / 'metarouter.db'}"
-    first = await serve(env)
+    first = await ServeProcess.start(env, tmp_path / "first.log")
     try:
         await slack_double.wait_for_socket(within=60)
         q = slack_double.mention("C1", "U1", "<@UBOT> explain everything")
@@ -50,11 +48,10 @@ async def test_a_killed_process_leaves_answers_the_next_start_marks_interrupted(
             what=lambda: slack_double.thread("C1", ts),
         )
     finally:
-        first.send_signal(signal.SIGKILL)  # no shutdown at all: the answer is left half-written
-        await first.wait()
+        await first.kill()  # no shutdown at all: the answer is left half-written
     assert await statuses(url) == ["streaming"]
 
-    second = await serve(env)
+    second = await ServeProcess.start(env, tmp_path / "second.log")
     try:
         await until(
             lambda: render.RESTART_NOTE in slack_double.bot_replies("C1", ts)[-1].visible(),
@@ -75,8 +72,7 @@ async def test_a_killed_process_leaves_answers_the_next_start_marks_interrupted(
         )
         assert await statuses(url) == ["incomplete", "ok"]
     finally:
-        second.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(second.wait(), 30) == 0
+        assert await second.stop(within=30) == 0
 
 
 async def test_a_starting_replica_leaves_a_live_replicas_answers_alone(
