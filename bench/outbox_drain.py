@@ -21,17 +21,10 @@ from pathlib import Path
 import asyncpg
 
 from core.store import BufferedStore, create_engine, upgrade_database
-from core.types import Decision
 from tests.doubles.tcpproxy import TcpProxy
+from tests.helpers_usage import decision
 
-DECISION = Decision(
-    recommended_model="llama3.2:3b",
-    confidence=0.9,
-    reasoning="bench",
-    query_type="general",
-    complexity="simple",
-    source="local",
-)
+DECISION = decision("llama3.2:3b", reasoning="bench")
 
 
 async def buffer_answers(store: BufferedStore, n: int) -> None:

@@ -76,8 +76,8 @@ def test_unknown_key_in_config_file_is_refused(tmp_path: Path, monkeypatch: pyte
         load_settings()
 
 
-def test_cli_exits_2_with_one_line_naming_the_setting(tmp_path: Path) -> None:
-    env = {"PATH": "", "HOME": str(tmp_path), "METAROUTER_MAX_REQUESTS_PER_HOUR": "many"}
+def route_hello(env: dict[str, str]) -> tuple[int, list[str]]:
+    """`metarouter route hello` with exactly `env`: its exit code and the lines it wrote to stderr."""
     proc = subprocess.run(
         [sys.executable, "-m", "bot.cli", "route", "hello"],
         env=env,
@@ -85,8 +85,13 @@ def test_cli_exits_2_with_one_line_naming_the_setting(tmp_path: Path) -> None:
         text=True,
         timeout=60,
     )
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
+    return proc.returncode, proc.stderr.strip().splitlines()
+
+
+def test_cli_exits_2_with_one_line_naming_the_setting(tmp_path: Path) -> None:
+    env = {"PATH": "", "HOME": str(tmp_path), "METAROUTER_MAX_REQUESTS_PER_HOUR": "many"}
+    code, lines = route_hello(env)
+    assert code == 2
     assert len(lines) == 1 and "METAROUTER_MAX_REQUESTS_PER_HOUR" in lines[0]
 
 
@@ -161,13 +166,6 @@ def test_cli_exits_2_on_a_bad_meta_router_entry(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text('[[meta_routers]]\nmodel = "claude-haiku"\nbase_url = "http://gw/v1"\nweight = -1\n')
     env = {"PATH": "", "HOME": str(tmp_path), "METAROUTER_CONFIG": str(cfg)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "bot.cli", "route", "hello"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
+    code, lines = route_hello(env)
+    assert code == 2
     assert len(lines) == 1 and "METAROUTER_META_ROUTERS (meta_routers.0.weight)" in lines[0]

@@ -23,9 +23,9 @@ from core.routing.memory import DecisionMemory
 from core.routing.selection import Exploration, select_model
 from core.store import Store, create_engine, upgrade_database
 from core.store.models import Feedback, RequestEmbedding
-from core.types import Decision, Inventory, ModelInfo, ModelStats, Ratings
+from core.types import Inventory, ModelInfo, ModelStats, Ratings
 from tests.doubles.openai import Reply as OpenAIReply
-from tests.helpers_usage import seed_answer
+from tests.helpers_usage import decision, seed_answer
 
 A, B, WORSE = "coder-a:7b", "coder-b:7b", "weak:7b"
 
@@ -254,6 +254,17 @@ def unit(*values: float) -> np.ndarray:
 VECTORS = {"reverse a list": unit(1, 0), "reverse an array": unit(0.95, 0.3), "bake bread": unit(0, 1)}
 
 
+async def coding_request(store: Store, query: str) -> int:
+    """A request routed to A as a coding question, as the memory finds it in the database."""
+    return await store.record_request(
+        platform="slack",
+        channel_id="C1",
+        user_id="U1",
+        query=query,
+        decision=decision(A, reasoning="r", query_type="coding"),
+    )
+
+
 async def test_replicas_see_each_others_decisions_and_old_ones_fade(store: Store, make_settings) -> None:
     settings = make_settings(memory_days=30)
     clock = [datetime.now(UTC)]
@@ -262,18 +273,7 @@ async def test_replicas_see_each_others_decisions_and_old_ones_fade(store: Store
     assert await two.similar("reverse an array") == []  # loads the (empty) table
 
     for text in ("reverse a list", "bake bread"):
-        decision = Decision(
-            recommended_model=A,
-            confidence=0.9,
-            reasoning="r",
-            query_type="coding",
-            complexity="simple",
-            source="local",
-        )
-        rid = await store.record_request(
-            platform="slack", channel_id="C1", user_id="U1", query=text, decision=decision
-        )
-        await one.remember(rid, text, private=False)
+        await one.remember(await coding_request(store, text), text, private=False)
 
     found = await two.similar("reverse an array")  # the other replica, topped up from the database
     assert [(p.question, p.model) for p in found] == [("reverse a list", A)]
@@ -305,17 +305,7 @@ class SlowStore:
 
 
 async def test_a_slow_first_load_finishes_after_the_search_gives_up(store: Store, make_settings) -> None:
-    decision = Decision(
-        recommended_model=A,
-        confidence=0.9,
-        reasoning="r",
-        query_type="coding",
-        complexity="simple",
-        source="local",
-    )
-    rid = await store.record_request(
-        platform="slack", channel_id="C1", user_id="U1", query="reverse a list", decision=decision
-    )
+    rid = await coding_request(store, "reverse a list")
     await store.record_embedding(rid, VECTORS["reverse a list"].astype(np.float16).tobytes(), private=False)
     memory = DecisionMemory(make_settings(), SlowStore(store), VECTORS.__getitem__, refresh_s=60)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from core.store import BufferedStore, create_engine
+from tests.helpers_usage import decision
 
 UNREACHABLE = "postgresql+asyncpg://postgres@127.0.0.1:9/nothing"  # port 9: connection refused
 
@@ -31,23 +32,17 @@ async def test_a_long_outage_keeps_at_most_max_ops_writes_and_counts_the_rest(tm
 
 
 async def test_questions_not_to_be_stored_are_not_spooled_either(tmp_path: Path) -> None:
-    from core.types import Decision
-
     store = BufferedStore(
         create_engine(UNREACHABLE), spool_dir=tmp_path, store_question_text=False, write_timeout_s=2
     )
     await store.start()
     try:
-        d = Decision(
-            recommended_model="llama3.2:3b",
-            confidence=0.9,
-            reasoning="r",
-            query_type="general",
-            complexity="simple",
-            source="local",
-        )
         rid = await store.record_request(
-            platform="slack", channel_id="C1", user_id="U1", query="my secret plan", decision=d
+            platform="slack",
+            channel_id="C1",
+            user_id="U1",
+            query="my secret plan",
+            decision=decision("llama3.2:3b", reasoning="r"),
         )
         assert rid < 0  # provisional until the database is back
         assert "secret" not in spools(tmp_path)[0][1]
