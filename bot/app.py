@@ -78,7 +78,9 @@ async def build_app(
         functools.partial(store.model_stats, halflife_days=settings.feedback_halflife_days) if store else None
     )
     inventory = InventoryService(settings, settings.hosts, stats, load_catalog())
-    local = LocalRouter.load(exploration=Exploration.from_settings(settings))
+    local = LocalRouter.load(
+        exploration=Exploration.from_settings(settings), ratings=settings.user_feedback_integration
+    )
     if store is not None:
         try:
             await sync_router(store, local)

@@ -172,9 +172,14 @@ class Settings(BaseSettings):
     local_confidence_threshold: float = Field(0.9, ge=0, le=1)
 
     # --- learning -------------------------------------------------------------------------------
-    track_success_rates: bool = True
-    improve_prompts: bool = True
+    # ratings steer routing: the local router's model choice and exploration, and the ratings in the
+    # meta-router's prompt; off, reactions are still recorded and shown (reports, /models) but ignored
     user_feedback_integration: bool = True
+    # the meta-router's prompt lists each model's share of good ratings per query type (with
+    # user_feedback_integration; off saves the prompt tokens and leaves the local router's use alone)
+    track_success_rates: bool = True
+    # the meta-router's prompt carries similar past decisions (decision_memory keeps them either way)
+    improve_prompts: bool = True
     # a rating's weight halves every this many days (core/feedback.py)
     feedback_halflife_days: float = Field(30.0, gt=0)
     # the local router sometimes picks a close second whose ratings are still uncertain (Thompson

@@ -92,10 +92,11 @@ def prior(m: ModelInfo, query_type: str) -> float:
     return min(max(m.scores.get(query_type, NEUTRAL_SCORE) / 100.0, low), high)
 
 
-def belief(m: ModelInfo, query_type: str) -> Belief:
-    """The catalog's prior for the task updated by the (decayed) ratings of the model's answers to it."""
+def belief(m: ModelInfo, query_type: str, *, ratings: bool = True) -> Belief:
+    """The catalog's prior for the task updated by the (decayed) ratings of the model's answers to it;
+    the prior alone without `ratings` (user_feedback_integration off)."""
     p = prior(m, query_type)
-    r = m.stats.by_type.get(query_type)
+    r = m.stats.by_type.get(query_type) if ratings else None
     positive, total = (r.positive, r.total) if r is not None else (0.0, 0.0)
     return Belief(positive + PRIOR_VOTES * p, (total - positive) + PRIOR_VOTES * (1.0 - p))
 

@@ -60,6 +60,7 @@ class Disclosure(BaseModel):
     query_truncated: bool = False  # only the start of a long question was sent
     earlier_messages: int = 0  # messages of the thread sent, each clipped
     earlier_redactions: int = 0
+    past_questions: int = 0  # similar past decisions in the prompt (improve_prompts), redacted, clipped
 
 
 class Vote(BaseModel):

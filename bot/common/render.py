@@ -89,14 +89,19 @@ def disclosure_line(d: Decision) -> str | None:
     question = "the start of the question" if s.query_truncated else "the question"
     if s.query_redactions:
         question += f" ({_items(s.query_redactions)} redacted)"
+    parts = [question]
     if s.earlier_messages:
         earlier = f"{s.earlier_messages} earlier message{'s' if s.earlier_messages != 1 else ''}"
         if s.earlier_redactions:
             earlier += f" ({_items(s.earlier_redactions)} redacted)"
-        question += f" and {earlier}"
+        parts.append(earlier)
+    if s.past_questions:
+        # other people's questions, redacted and clipped, with the model that answered them
+        parts.append(f"{s.past_questions} similar past question{'s' if s.past_questions != 1 else ''}")
+    sent = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
     # an ensemble sent it to each member: say so, the members are listed under "Votes"
     to = f"{len(d.votes)} meta-routers" if len(d.votes) > 1 else "the meta-router"
-    return f"Sent to {to}: {question}"
+    return f"Sent to {to}: {sent}"
 
 
 def _items(n: int) -> str:

@@ -131,10 +131,12 @@ class RoutingChain:
         self, meta_router: MetaRouter | Ensemble, req: RouteRequest, inv: Inventory, local: Decision
     ) -> Decision:
         s = self._settings
-        sent = meta_router.view(req).disclosure
+        # what the call will send, past decisions included: the disclosure holds whether or not it succeeds
+        view = await meta_router.prepare(req)
+        sent = view.disclosure
         started = time.perf_counter()
         try:
-            result = await meta_router.decide(req, inv, local_hint=local)
+            result = await meta_router.decide(req, inv, local_hint=local, view=view)
         except MetaRouterFailure as exc:
             cost = getattr(exc, "cost_usd", 0.0)
             votes = getattr(exc, "votes", ())

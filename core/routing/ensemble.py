@@ -72,6 +72,10 @@ class Ensemble:
         # every member redacts and clips with the same settings: they all see the same
         return self.members[0].view(req)
 
+    async def prepare(self, req: RouteRequest) -> RouterView:
+        # the members share one decision memory (from_settings): the past decisions are looked up once
+        return await self.members[0].prepare(req)
+
     @property
     def available(self) -> bool:
         return any(m.available for m in self.members)
@@ -84,15 +88,22 @@ class Ensemble:
         await asyncio.gather(*(m.aclose() for m in self.members), return_exceptions=True)
 
     async def decide(
-        self, req: RouteRequest, inv: Inventory, *, local_hint: LocalHint | None = None
+        self,
+        req: RouteRequest,
+        inv: Inventory,
+        *,
+        local_hint: LocalHint | None = None,
+        view: RouterView | None = None,
     ) -> MetaResult:
-        """The combined decision, its votes attached. Raises EnsembleFailure when no member voted."""
+        """The combined decision, its votes attached; every member is sent `view` (by default
+        `prepare(req)`). Raises EnsembleFailure when no member voted."""
         started = time.perf_counter()
         members = [m for m in self.members if m.available]
         if not members:
             raise MetaRouterFailure("no_api_key")
+        view = view or await self.prepare(req)
         timeout = self._settings.decision_timeout_s
-        tasks = [asyncio.create_task(self._ask(m, req, inv, local_hint)) for m in members]
+        tasks = [asyncio.create_task(self._ask(m, req, inv, local_hint, view)) for m in members]
         try:
             # Each member keeps the deadline itself; this is the backstop that holds it for the decision.
             _, late = await asyncio.wait(tasks, timeout=timeout)
@@ -120,7 +131,7 @@ class Ensemble:
         return MetaResult(decision, cost, latency_ms, None)
 
     async def _ask(
-        self, m: MetaRouter, req: RouteRequest, inv: Inventory, hint: LocalHint | None
+        self, m: MetaRouter, req: RouteRequest, inv: Inventory, hint: LocalHint | None, view: RouterView
     ) -> tuple[Vote, Decision | None]:
         started = time.perf_counter()
 
@@ -128,7 +139,7 @@ class Ensemble:
             return (time.perf_counter() - started) * 1000
 
         try:
-            result = await m.decide(req, inv, local_hint=hint)
+            result = await m.decide(req, inv, local_hint=hint, view=view)
         except MetaRouterFailure as exc:
             log.warning("meta-router %s failed (%s); it does not vote", m.name, exc)
             reason = cast(FallbackReason, exc.reason if exc.reason in MOST_TELLING else "api_error")

@@ -495,9 +495,11 @@ class LocalRouter:
         version: int = 0,
         *,
         exploration: Exploration | None = None,
+        ratings: bool = True,
     ) -> None:
         self.encoder = encoder
         self.exploration = exploration
+        self.ratings = ratings  # whether users' ratings steer the model choice (user_feedback_integration)
         # the model and the cache of its reads change together (one assignment), so a question
         # classified during a switch never files one model's probabilities under the other
         self._state = (model, _LRU(512))
@@ -521,6 +523,7 @@ class LocalRouter:
         *,
         blas_threads: int | None = 1,
         exploration: Exploration | None = None,
+        ratings: bool = True,
     ) -> LocalRouter:
         """Load the encoder and the artifact once; the router is then reused for every question.
 
@@ -532,7 +535,7 @@ class LocalRouter:
         if blas_threads is not None:
             limit_blas_threads(blas_threads)
         model = TrainedModel.load(Path(path) if path is not None else DEFAULT_ARTIFACT)
-        return cls(encoder or MiniLMEncoder.load(), model, exploration=exploration)
+        return cls(encoder or MiniLMEncoder.load(), model, exploration=exploration, ratings=ratings)
 
     def clear_cache(self) -> None:
         """Forget the texts seen so far (benchmarks measure first sight with it)."""
@@ -602,7 +605,12 @@ class LocalRouter:
         started = time.perf_counter()
         c = self.classify(req.query, req.history)
         sel = select_model(
-            c.query_type, c.complexity, inv, specializations=c.specializations, explore=self.exploration
+            c.query_type,
+            c.complexity,
+            inv,
+            specializations=c.specializations,
+            explore=self.exploration,
+            ratings=self.ratings,
         )
         needs = f" ({', '.join(c.specializations)})" if c.specializations else ""
         reasoning = (

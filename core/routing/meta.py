@@ -8,6 +8,7 @@ recommended model exists: the chain does that, in one place, because it can also
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import re
@@ -127,7 +128,7 @@ confidence: probability (0-1) that your pick is the best. alternatives: up to 2 
 first. download_if_needed: true if the pick is not local and worth pulling. reasoning: 1-2 sentences."""
 
 
-def _model_line(m: ModelInfo, inv: Inventory) -> str:
+def _model_line(m: ModelInfo, inv: Inventory, rates: bool) -> str:
     if m.local:
         status = "local"
         if len(inv.hosts) > 1:
@@ -143,7 +144,8 @@ def _model_line(m: ModelInfo, inv: Inventory) -> str:
     s = m.stats
     used = s.last_used.date().isoformat() if s.last_used else "never"
     specs = ",".join(m.specializations) or "-"
-    return f"- {m.name} | {status} | {size} | {params} | {specs} | {scores} | {_satisfaction(m)} | {used}"
+    rated = f" | {_satisfaction(m)}" if rates else ""
+    return f"- {m.name} | {status} | {size} | {params} | {specs} | {scores}{rated} | {used}"
 
 
 def _satisfaction(m: ModelInfo) -> str:
@@ -162,12 +164,15 @@ def _age(at: datetime, now: datetime) -> str:
     return f"{days:.0f}d ago" if days >= 1 else "today"
 
 
-def _past_lines(past: Sequence[Precedent], now: datetime) -> list[str]:
-    lines = ["Similar past questions (the model that answered, users' ratings):", "<past>"]
+def _past_lines(past: Sequence[Precedent], now: datetime, ratings: bool) -> list[str]:
+    said = "the model that answered, users' ratings" if ratings else "the model that answered"
+    lines = [f"Similar past questions ({said}):", "<past>"]
     for p in past:
         question = f'"{_delimit(p.question, "past")}"' if p.question else "(question text not kept)"
-        rated = f"{p.positive} good, {p.negative} bad" if p.positive + p.negative else "unrated"
-        lines.append(f"- {question} ({p.query_type}, {_age(p.at, now)}) -> {p.model}: {rated}")
+        line = f"- {question} ({p.query_type}, {_age(p.at, now)}) -> {p.model}"
+        if ratings:
+            line += f": {p.positive} good, {p.negative} bad" if p.positive + p.negative else ": unrated"
+        lines.append(line)
     lines.append("</past>")
     return lines
 
@@ -180,11 +185,13 @@ def _delimit(text: str, tag: str) -> str:
 @dataclass(frozen=True)
 class RouterView:
     """The question and thread as the meta-router may see them: redacted first, then clipped (clipping
-    first could cut a key in half, past recognition, and send its other half)."""
+    first could cut a key in half, past recognition, and send its other half); and the similar past
+    decisions the prompt carries (MetaRouter.prepare looks them up)."""
 
     query: str
     turns: tuple[Turn, ...]
     disclosure: Disclosure
+    past: tuple[Precedent, ...] = ()
 
 
 def router_view(
@@ -221,23 +228,27 @@ def build_messages(
     inv: Inventory,
     hint: LocalHint | None = None,
     view: RouterView | None = None,
-    past: Sequence[Precedent] = (),
     *,
+    rates: bool = True,
+    ratings: bool = True,
     now: datetime | None = None,
 ) -> list[dict[str, str]]:
+    """The prompt; `rates`: each model's share of good ratings per type, `ratings`: how the past
+    decisions in `view` were rated."""
+    view = view or router_view(req)
+    rated = " | users' ratings per type: share good/votes" if rates else ""
     lines = [
         "Models (name | status | size | params | specialisations | scores "
         + "/".join(QUERY_TYPES)
-        + " 0-100 | users' ratings per type: share good/votes | last used):"
+        + f" 0-100{rated} | last used):"
     ]
-    lines += [_model_line(m, inv) for m in inv.models]
-    if past:
-        lines += _past_lines(past, now or datetime.now(UTC))
+    lines += [_model_line(m, inv, rates) for m in inv.models]
+    if view.past:
+        lines += _past_lines(view.past, now or datetime.now(UTC), ratings)
     if hint is not None:
         lines.append(
             f"Local classifier: {hint.query_type}, {hint.complexity} (confidence {hint.confidence:.2f})."
         )
-    view = view or router_view(req)
     turns = view.turns
     if turns:
         lines.append("Thread, oldest first, clipped:")
@@ -309,6 +320,17 @@ class MetaRouter:
             turn_chars=s.router_turn_chars,
         )
 
+    async def prepare(self, req: RouteRequest) -> RouterView:
+        """The view with the similar past decisions the prompt will carry (none with improve_prompts
+        off), counted in its disclosure. Ensemble members share one memory: it is asked once."""
+        view = self.view(req)
+        if self._memory is None or not self._settings.improve_prompts:
+            return view
+        # local-only requests never get here (the chain stops them), so nothing private is looked up
+        past = tuple(await self._memory.similar(req.query))
+        sent = view.disclosure.model_copy(update={"past_questions": len(past)})
+        return dataclasses.replace(view, past=past, disclosure=sent)
+
     @property
     def available(self) -> bool:
         return self._client is not None and self._settings.meta_router_enabled
@@ -323,17 +345,31 @@ class MetaRouter:
             await self._client.close()
 
     async def decide(
-        self, req: RouteRequest, inv: Inventory, *, local_hint: LocalHint | None = None
+        self,
+        req: RouteRequest,
+        inv: Inventory,
+        *,
+        local_hint: LocalHint | None = None,
+        view: RouterView | None = None,
     ) -> MetaResult:
-        """Ask the meta-router. Raises MetaRouterFailure (reason: timeout, rate_limited, api_error,
-        invalid_response, no_api_key); never lets an openai exception out."""
+        """Ask the meta-router, sending `view` (by default `prepare(req)`). Raises MetaRouterFailure
+        (reason: timeout, rate_limited, api_error, invalid_response, no_api_key); never lets an openai
+        exception out."""
         if self._client is None:
             raise MetaRouterFailure("no_api_key")
-        # local-only requests never get here (the chain stops them), so nothing private is looked up
-        past = await self._memory.similar(req.query) if self._memory is not None else []
+        view = view or await self.prepare(req)
+        s = self._settings
+        messages = build_messages(
+            req,
+            inv,
+            local_hint,
+            view,
+            rates=s.user_feedback_integration and s.track_success_rates,
+            ratings=s.user_feedback_integration,
+        )
         body = {
             "model": self.model,
-            "messages": build_messages(req, inv, local_hint, self.view(req), past),
+            "messages": messages,
             "response_format": {
                 "type": "json_schema",
                 "json_schema": {
@@ -362,7 +398,7 @@ class MetaRouter:
         decision = self._parse(completion, cost).model_copy(
             update={"decision_ms": latency_ms, "cost_usd": cost}
         )
-        if _quotes_past(decision.reasoning, past, req.query):
+        if _quotes_past(decision.reasoning, view.past, req.query):
             # the reasoning is shown to whoever asked now; the past question may be someone else's DM
             decision = decision.model_copy(update={"reasoning": WITHHELD})
         return MetaResult(decision, cost, latency_ms, usage)

@@ -17,6 +17,9 @@ of the best, each draws a quality from its belief instead of using the mean (Tho
 the highest draw wins. Uncertain but promising models thus get answers to be rated, and a model
 outside the margin, clearly worse, is never served. Without ratings for the query type among those
 models there is nothing to learn yet, and the choice stays deterministic.
+
+With `ratings=False` (user_feedback_integration off) quality is the catalog score alone and there is
+no exploration: the ratings are still recorded and shown, they just do not steer the choice.
 """
 
 from __future__ import annotations
@@ -77,8 +80,8 @@ class Exploration:
 
     @classmethod
     def from_settings(cls, settings: Settings, rng: random.Random | None = None) -> Exploration | None:
-        if not settings.explore:
-            return None
+        if not settings.explore or not settings.user_feedback_integration:
+            return None  # without ratings steering the choice, a draw would learn nothing
         return cls(settings.explore_margin, rng or random.Random())
 
 
@@ -98,8 +101,10 @@ def select_model(
     exclude: Iterable[str] = (),
     specializations: Sequence[str] = (),
     explore: Exploration | None = None,
+    ratings: bool = True,
 ) -> Selection:
-    """The best model for the task, with up to MAX_ALTERNATIVES others, best first.
+    """The best model for the task, with up to MAX_ALTERNATIVES others, best first; users' ratings
+    count only with `ratings`.
 
     Raises RoutingError when the inventory (less `exclude`) has no model at all.
     """
@@ -109,11 +114,11 @@ def select_model(
         raise RoutingError("no model to choose from" + (" after exclusions" if excluded else ""))
     needed = tuple(dict.fromkeys([query_type, *specializations]))
     ranked = sorted(
-        (_score(m, query_type, complexity, needed) for m in candidates),
+        (_score(m, query_type, complexity, needed, ratings) for m in candidates),
         key=lambda s: (-s.score, s.model.name),  # name breaks ties, so the same input gives the same answer
     )
-    best = _explore(ranked, query_type, explore) if explore is not None else ranked[0]
-    reasoning = _explain(best, query_type, complexity)
+    best = _explore(ranked, query_type, explore) if explore is not None and ratings else ranked[0]
+    reasoning = _explain(best, query_type, complexity, ratings)
     if best is not ranked[0]:
         reasoning += (
             f" Tried instead of {ranked[0].model.name}, which scores about as well, to learn from ratings."
@@ -135,8 +140,8 @@ def _explore(ranked: list[_Scored], query_type: str, explore: Exploration) -> _S
     return max(drawn, key=lambda d: d[0])[1]
 
 
-def _score(m: ModelInfo, query_type: str, complexity: str, needed: tuple[str, ...]) -> _Scored:
-    quality = belief(m, query_type).mean
+def _score(m: ModelInfo, query_type: str, complexity: str, needed: tuple[str, ...], ratings: bool) -> _Scored:
+    quality = belief(m, query_type, ratings=ratings).mean
     offered = {s.lower() for s in m.specializations}
     matched = tuple(n for n in needed if offered & set(_SYNONYMS.get(n, (n,))))
     match = len(matched) / len(needed)
@@ -169,13 +174,13 @@ def _size_fit(m: ModelInfo, complexity: str) -> float:
     return math.exp(-(distance**2) / (2 * SIZE_TOLERANCE**2))
 
 
-def _explain(best: _Scored, query_type: str, complexity: str) -> str:
+def _explain(best: _Scored, query_type: str, complexity: str, ratings: bool) -> str:
     m = best.model
     where = "is local" if m.local else "needs a download"
     size = f"{_params_b(m):.0f}B" if _params_b(m) else "unknown size"
     matched = [s for s in best.matched if s != query_type]
     fits = f", covers {', '.join(matched)}" if matched else ""
-    r = m.stats.by_type.get(query_type)
+    r = m.stats.by_type.get(query_type) if ratings else None  # not given as a reason when ignored
     rated = f", {r.positive_votes} of {r.votes} ratings for {query_type} good" if r and r.votes else ""
     catalog = (
         f"{m.scores.get(query_type, NEUTRAL_SCORE):.0f}/100 for {query_type}"

@@ -20,6 +20,7 @@ from sqlalchemy import select
 from bot.common.render import decision_details
 from core.routing.chain import MemoryLedger, RoutingChain
 from core.routing.ensemble import Ensemble, build_meta_router
+from core.routing.memory import Precedent
 from core.routing.meta import MetaRouter
 from core.store import Store, create_engine, upgrade_database
 from core.store.models import RouterCall
@@ -81,7 +82,9 @@ class Env:
 async def ensemble_env(make_settings, doubles):
     made: list[Ensemble] = []
 
-    def make(*, weights: tuple[float, float] = (1, 1), ledger: Any = None, **overrides: Any) -> Env:
+    def make(
+        *, weights: tuple[float, float] = (1, 1), ledger: Any = None, memory: Any = None, **overrides: Any
+    ) -> Env:
         values: dict[str, Any] = dict(
             meta_router_enabled=True,
             openai_api_key=KEY,
@@ -102,7 +105,7 @@ async def ensemble_env(make_settings, doubles):
         )
         values.update(overrides)
         settings = make_settings(**values)
-        meta = build_meta_router(settings)
+        meta = build_meta_router(settings, memory=memory)
         assert isinstance(meta, Ensemble)
         made.append(meta)
         clock = Clock()
@@ -354,3 +357,53 @@ async def test_a_tie_goes_to_the_earlier_member(ensemble_env) -> None:
     d = await e.route()
     assert (d.recommended_model, d.confidence) == (DEEPSEEK, pytest.approx(0.8 / 2))
     assert d.alternatives[0] == CODER
+
+
+class PastQuestions:
+    """The decision memory as the routers ask it: fixed similar past decisions, the lookups counted."""
+
+    def __init__(self, *past: Precedent) -> None:
+        self.past = list(past)
+        self.lookups = 0
+
+    async def similar(self, query: str) -> list[Precedent]:
+        self.lookups += 1
+        return self.past
+
+
+def precedent(question: str, good: int) -> Precedent:
+    return Precedent(question, "coding", CODER, good, 0, 0.9, datetime.now(UTC) - timedelta(days=2))
+
+
+async def test_the_members_share_one_lookup_of_past_decisions_and_the_details_count_them(
+    ensemble_env,
+) -> None:
+    memory = PastQuestions(precedent("How do I reverse a list in Python?", 2), precedent("Sort a dict", 1))
+    e = ensemble_env(memory=memory)
+    for double in e.doubles:
+        double.responder = says(CODER, 0.9)
+    d = await e.route()
+    assert memory.lookups == 1
+    for double in e.doubles:  # every member is sent the same past decisions
+        prompt = double.requests[-1].prompt
+        assert '"How do I reverse a list in Python?" (coding, 2d ago) -> qwen2.5-coder:7b: 2 good' in prompt
+    text = "\n".join(decision_details(d))
+    assert "Sent to 3 meta-routers: the question and 2 similar past questions" in text
+
+    # sent is sent, whether or not anyone answered usefully
+    for double in e.doubles:
+        double.responder = fails(Reply.server_error(503))
+    failed = await e.route("How do I reverse a tuple?")
+    assert failed.fallback_reason == "api_error"
+    assert "Sent to 3 meta-routers: the question and 2 similar past questions" in decision_details(failed)
+
+
+async def test_without_improve_prompts_no_member_sees_past_decisions(ensemble_env) -> None:
+    memory = PastQuestions(precedent("How do I reverse a list in Python?", 2))
+    e = ensemble_env(memory=memory, improve_prompts=False)
+    for double in e.doubles:
+        double.responder = says(CODER, 0.9)
+    d = await e.route()
+    assert memory.lookups == 0
+    assert all("<past>" not in double.requests[-1].prompt for double in e.doubles)
+    assert "Sent to 3 meta-routers: the question" in decision_details(d)

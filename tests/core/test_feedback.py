@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from bot.app import App
+from bot.common.render import disclosure_line
 from core.chat import FinalAnswer, IncomingMessage
 from core.routing.memory import DecisionMemory
 from core.routing.selection import Exploration, select_model
@@ -143,6 +144,20 @@ def test_exploration_draws_on_the_evidence() -> None:
     assert bad[B] < good[B]
 
 
+def test_without_feedback_integration_ratings_do_not_steer_the_local_router(make_settings) -> None:
+    stats = {A: rated(0, 12), B: rated(3, 3)}
+    assert chosen(stats) == B
+    assert chosen(stats, ratings=False) == A  # the catalog alone: 85 beats 82
+    reasoning = select_model("coding", "moderate", inventory(stats), ratings=False).reasoning
+    assert "ratings" not in reasoning  # not given as a reason when it was not one
+    # and no exploration: a draw would learn from ratings that do not count
+    assert Exploration.from_settings(make_settings(user_feedback_integration=False)) is None
+    assert Exploration.from_settings(make_settings()) is not None
+    rng = random.Random(5)
+    picks = {chosen(stats, explore=Exploration(0.2, rng), ratings=False) for _ in range(100)}
+    assert picks == {A}
+
+
 # --- the meta-router's prompt ------------------------------------------------------------------
 
 
@@ -169,23 +184,87 @@ FIRST = "How do I reverse a list in Python? Mail the answer to alice@example.com
 SECOND = "What is the way to reverse a Python list?"
 
 
-async def test_prompt_shows_success_rates_and_a_similar_past_decision(
-    core_app, db_url, openai_double
-) -> None:
-    app = await core_app(database_url=db_url)
+async def rated_then_asked(app: App, openai_double) -> tuple[str, FinalAnswer]:
+    """FIRST answered by the coder and rated down, then SECOND asked: the prompt and answer of SECOND."""
     openai_double.push(OpenAIReply.decision(recommended_model="qwen2.5-coder:7b", query_type="coding"))
     first = await ask(app, FIRST)
     assert first.answer_id is not None
     await app.service.rate_answer(first.answer_id, "U2", -1, "-1")
+    second = await ask(app, SECOND, channel="C2")
+    return openai_double.requests[-1].prompt, second
 
-    await ask(app, SECOND, channel="C2")
-    prompt = openai_double.requests[-1].prompt
-    coder = next(line for line in prompt.splitlines() if line.startswith("- qwen2.5-coder:7b"))
-    assert "coding 0%/1" in coder
+
+def coder_line(prompt: str) -> str:
+    return next(line for line in prompt.splitlines() if line.startswith("- qwen2.5-coder:7b"))
+
+
+async def test_prompt_shows_success_rates_and_a_similar_past_decision(
+    core_app, db_url, openai_double
+) -> None:
+    app = await core_app(database_url=db_url)
+    prompt, second = await rated_then_asked(app, openai_double)
+    assert "coding 0%/1" in coder_line(prompt)
     past = prompt[prompt.index("<past>") : prompt.index("</past>")]
     assert '"How do I reverse a list in Python? Mail the answer to [EMAIL]"' in past
     assert "-> qwen2.5-coder:7b: 0 good, 1 bad" in past
     assert "alice@example.com" not in prompt
+    # the person asking is told that someone else's question went along with theirs
+    assert second.decision is not None
+    assert (
+        disclosure_line(second.decision)
+        == "Sent to the meta-router: the question and 1 similar past question"
+    )
+
+
+async def test_without_feedback_integration_ratings_are_recorded_but_not_in_the_prompt(
+    core_app, db_url, openai_double
+) -> None:
+    app = await core_app(database_url=db_url, user_feedback_integration=False)
+    prompt, _ = await rated_then_asked(app, openai_double)
+    assert "%/" not in coder_line(prompt) and "users' ratings per type" not in prompt
+    past = prompt[prompt.index("<past>") : prompt.index("</past>")]
+    assert past.rstrip().endswith("-> qwen2.5-coder:7b") and "bad" not in past  # which model, not its rating
+    stats = await app.store.model_stats()  # what /models and `models --json` show: still there
+    assert stats["qwen2.5-coder:7b"].feedback_count == 1
+
+
+async def test_without_success_rates_the_prompt_still_shows_past_ratings(
+    core_app, db_url, openai_double
+) -> None:
+    app = await core_app(database_url=db_url, track_success_rates=False)
+    prompt, _ = await rated_then_asked(app, openai_double)
+    assert "%/" not in coder_line(prompt) and "users' ratings per type" not in prompt
+    assert "-> qwen2.5-coder:7b: 0 good, 1 bad" in prompt
+
+
+async def test_without_improve_prompts_no_past_decision_is_sent_but_all_are_kept(
+    core_app, db_url, openai_double
+) -> None:
+    app = await core_app(database_url=db_url, improve_prompts=False)
+    prompt, second = await rated_then_asked(app, openai_double)
+    assert "<past>" not in prompt and "reverse a list" not in prompt
+    assert "coding 0%/1" in coder_line(prompt)  # the success rates are a separate setting
+    assert second.decision is not None
+    assert disclosure_line(second.decision) == "Sent to the meta-router: the question"
+    async with app.store.engine.connect() as conn:  # kept: turning the setting back on has a past
+        assert len((await conn.execute(select(RequestEmbedding.request_id))).scalars().all()) == 2
+
+
+@pytest.mark.parametrize("integrate", [True, False])
+async def test_the_local_router_follows_ratings_only_with_feedback_integration(
+    core_app, db_url, integrate
+) -> None:
+    app = await core_app(
+        database_url=db_url, meta_router_enabled=False, user_feedback_integration=integrate, inventory_ttl_s=0
+    )
+    question = "Write a Python function that reverses a linked list in place"
+    before = await ask(app, question)
+    assert before.decision is not None and before.decision.recommended_model == "qwen2.5-coder:7b"
+    # far behind, so exploration (on with the integration) never tries it again either
+    await rate(app.store, "qwen2.5-coder:7b", "coding", -1, times=300)
+    after = await ask(app, question + " please")
+    assert after.decision is not None and after.decision.source == "local"
+    assert (after.decision.recommended_model == "qwen2.5-coder:7b") is not integrate
 
 
 async def test_a_reasoning_that_quotes_a_past_question_is_not_shown(core_app, db_url, openai_double) -> None:

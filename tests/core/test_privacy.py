@@ -14,7 +14,7 @@ from sqlalchemy import MetaData, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from bot.app import App, build_app
-from bot.common.render import decision_details
+from bot.common.render import decision_details, disclosure_line
 from core.privacy import Redactor, local_only_for
 from core.routing.meta import MetaCallFailure, MetaRouter
 from core.types import Decision, Disclosure, Turn
@@ -181,10 +181,34 @@ def test_decision_json_keeps_exactly_the_contract_keys() -> None:
         query_type="general",
         complexity="simple",
         source="openai",
-        disclosure=Disclosure(query_redactions=2, earlier_messages=3),
+        disclosure=Disclosure(query_redactions=2, earlier_messages=3, past_questions=2),
     )
     assert "disclosure" not in json.loads(d.model_dump_json())
     assert Decision.model_validate_json(d.model_dump_json()) == d
+
+
+@pytest.mark.parametrize(
+    ("sent", "line"),
+    [
+        (Disclosure(past_questions=1), "the question and 1 similar past question"),
+        (
+            Disclosure(query_redactions=1, earlier_messages=2, past_questions=3),
+            "the question (1 item redacted), 2 earlier messages and 3 similar past questions",
+        ),
+        (Disclosure(earlier_messages=1), "the question and 1 earlier message"),
+    ],
+)
+def test_the_details_say_when_similar_past_questions_were_sent(sent: Disclosure, line: str) -> None:
+    d = Decision(
+        recommended_model="m:1b",
+        confidence=0.5,
+        reasoning="r",
+        query_type="general",
+        complexity="simple",
+        source="openai",
+        disclosure=sent,
+    )
+    assert disclosure_line(d) == f"Sent to the meta-router: {line}"
 
 
 # --- through the service, as a user sees it -------------------------------------------------------
