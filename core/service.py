@@ -130,10 +130,12 @@ class ChatService:
             decision = _user_choice(decision, normalise_model_name(model))
 
         request_id = await self._record_request(msg, decision)
-        if request_id is not None and self.memory is not None:
-            await self._safe(self.memory.remember(request_id, msg.text, private=req.local_only))
         await reply.status(f"Routing… {decision.recommended_model} chosen")
-        return await self._generate(msg, decision, reply, request_id, notes)
+        answer = await self._generate(msg, decision, reply, request_id, notes)
+        if request_id is not None and self.memory is not None:
+            # after the answer: a precedent for later questions is no reason to keep this one waiting
+            await self._safe(self.memory.remember(request_id, msg.text, private=req.local_only))
+        return answer
 
     def _sanitise(self, msg: IncomingMessage) -> tuple[IncomingMessage, list[str]]:
         """The message as the core may safely handle it, and what the user should be told about that."""
